@@ -1,0 +1,149 @@
+"""Implicit hypergradients (Algorithm 2 of Lorraine, Vicol & Duvenaud, 2020).
+
+With weights ``w`` at (or near) a minimum of the training loss ``L_T(lambda, w)``, the implicit
+function theorem gives the derivative of the validation loss ``L_V(lambda, w*(lambda))``::
+
+    dL_V/dlambda = dL_V/dlambda|direct - (dL_V/dw) H^-1 (d2L_T/dw dlambda),   H = d2L_T/dw dw
+
+computed as three products, never forming a matrix:
+
+1. ``v1 = dL_V/dw`` and the direct term, one backward pass through the validation loss;
+2. ``v2 = H^-1 v1`` by a solver (``H`` is symmetric, so ``v1 H^-1 = H^-1 v1``);
+3. ``v3 = v2 . d2L_T/dw dlambda``, one vector-Jacobian product.
+
+The graph of ``dL_T/dw`` is built once (``create_graph=True``) and every Hessian-vector product
+of step 2 and the mixed product of step 3 run backward through that same graph, so a
+hypergradient costs about ``steps + 3`` backward passes and its memory does not grow with
+``steps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from optuna_ift.hypergrad._solvers import HVP, Neumann, Solver
+
+__all__ = ["hypergradient", "train_gradient_hvp"]
+
+
+def _as_tensors(name: str, tensors: Sequence[Tensor] | Tensor) -> tuple[Tensor, ...]:
+    if isinstance(tensors, Tensor):
+        tensors = (tensors,)
+    tensors = tuple(tensors)
+    if not tensors:
+        raise ValueError(f"{name} must hold at least one tensor, got none")
+    for k, t in enumerate(tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}[{k}] must be a torch.Tensor, got {type(t).__name__}")
+        if not t.requires_grad:
+            raise ValueError(
+                f"{name}[{k}] does not require grad; every tensor in {name} must be a leaf or "
+                "intermediate that the losses were computed from with requires_grad=True"
+            )
+    return tensors
+
+
+def _check_scalar(name: str, loss: object) -> Tensor:
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"{name} must be a scalar torch.Tensor, got {type(loss).__name__}")
+    if loss.numel() != 1:
+        raise ValueError(f"{name} must be a scalar tensor, got shape {tuple(loss.shape)}")
+    if not loss.requires_grad:
+        raise ValueError(f"{name} has no graph: compute it from the weights with grad enabled")
+    return loss.reshape(())
+
+
+def _grad(outputs, inputs, grad_outputs=None) -> tuple[Tensor, ...]:
+    """``torch.autograd.grad`` that keeps the graph and gives zeros for unreached inputs."""
+    return torch.autograd.grad(
+        outputs,
+        inputs,
+        grad_outputs=grad_outputs,
+        retain_graph=True,
+        allow_unused=True,
+        materialize_grads=True,
+    )
+
+
+def train_gradient_hvp(
+    train_loss: Tensor, params: Sequence[Tensor]
+) -> tuple[tuple[Tensor, ...], HVP]:
+    """Build the graph of ``dL_T/dw`` once and a Hessian-vector product that reuses it.
+
+    Returns:
+        ``(gradient, hvp)``: the training gradient (with its graph) and ``hvp(v) = H v``.
+    """
+    params = tuple(params)
+    gradient = torch.autograd.grad(
+        train_loss, params, create_graph=True, allow_unused=True, materialize_grads=True
+    )
+
+    def hvp(v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return _vjp(gradient, v, params)
+
+    return gradient, hvp
+
+
+def _vjp(gradient: tuple[Tensor, ...], v: Sequence[Tensor], inputs: tuple[Tensor, ...]):
+    """``v . d(gradient)/d(inputs)`` through the graph of ``gradient``, keeping it."""
+    # Entries without a graph are constant in everything: their products are zero.
+    live = [k for k, g in enumerate(gradient) if g.requires_grad]
+    if not live:
+        return tuple(torch.zeros_like(x) for x in inputs)
+    return _grad([gradient[k] for k in live], inputs, [v[k].detach() for k in live])
+
+
+def hypergradient(
+    val_loss: Tensor,
+    train_loss: Tensor,
+    params: Sequence[Tensor],
+    hparams: Sequence[Tensor],
+    *,
+    solver: Solver = Neumann(),
+) -> tuple[Tensor, ...]:
+    """The implicit hypergradient ``dL_V/dlambda`` at the current weights.
+
+    The losses are plain tensors with their graphs, so any model works (buffers, BatchNorm,
+    dropout): compute them as you would for training, then call this. The graphs are kept,
+    so the losses can still be backpropagated afterwards.
+
+    Args:
+        val_loss: Scalar validation loss, computed from ``params`` (and maybe ``hparams``).
+        train_loss: Scalar training loss, computed from ``params`` and ``hparams``; ``params``
+            should be near its minimum for the implicit function theorem to hold.
+        params: The weights ``w`` (tensors requiring grad).
+        hparams: The hyperparameters ``lambda`` (tensors requiring grad).
+        solver: An inverse-HVP solver called as ``solver(hvp, v)``; default
+            ``Neumann(steps=10, alpha="auto")``. Solvers are frozen, so the default is safe.
+
+    Returns:
+        A tuple of detached tensors shaped like ``hparams``. A hyperparameter that reaches
+        neither loss gets zeros.
+
+    Example:
+        >>> w = torch.zeros(3, requires_grad=True)
+        >>> log_decay = torch.zeros(3, requires_grad=True)
+        >>> train = ((X @ w - y) ** 2).mean() + (log_decay.exp() * w**2).sum()
+        >>> val = ((Xv @ w - yv) ** 2).mean()
+        >>> (g,) = hypergradient(val, train, [w], [log_decay], solver=ConjugateGradient(steps=3))
+    """
+    val_loss = _check_scalar("val_loss", val_loss)
+    train_loss = _check_scalar("train_loss", train_loss)
+    params = _as_tensors("params", params)
+    hparams = _as_tensors("hparams", hparams)
+    if not callable(solver):
+        raise TypeError(f"solver must be callable as solver(hvp, v), got {solver!r}")
+
+    both = _grad(val_loss, params + hparams)
+    v1, direct = both[: len(params)], both[len(params):]
+
+    gradient, hvp = train_gradient_hvp(train_loss, params)
+    v2 = tuple(solver(hvp, v1))
+    if len(v2) != len(params):
+        raise ValueError(f"solver returned {len(v2)} tensors for {len(params)} weights")
+
+    mixed = _vjp(gradient, v2, hparams)
+    return tuple((d - m).detach() for d, m in zip(direct, mixed))

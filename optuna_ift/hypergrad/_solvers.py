@@ -1,0 +1,268 @@
+"""Inverse-Hessian-vector-product solvers.
+
+Every solver is a small frozen dataclass called as ``solver(hvp, v) -> x`` with ``x ~= H^-1 v``,
+where ``hvp`` maps a tuple of tensors (shaped like the weights) to ``H`` times it. A solver sees
+the Hessian only through ``hvp``, so the same solver serves a linear model and a ResNet, on any
+device and in any dtype. To add a solver, write another dataclass with the same call.
+
+Cost, counted in Hessian-vector products (HVPs, each about one gradient evaluation):
+
+==========================  =====================  =========================================
+solver                      HVPs                   use it when
+==========================  =====================  =========================================
+``Identity()``              0                      speed matters most (the T1-T2 approximation)
+``Neumann(steps, alpha)``   ``steps``              the default: stable, cheap, memory flat
+``ConjugateGradient(...)``  ``<= steps``           the Hessian is positive definite and
+                                                   accuracy per HVP matters
+``Exact()``                 one per weight         tests and tiny problems (dense solve)
+==========================  =====================  =========================================
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from optuna_ift.hypergrad import _tensors as T
+
+HVP = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
+Solver = Callable[[HVP, tuple[Tensor, ...]], tuple[Tensor, ...]]
+
+__all__ = [
+    "HVP",
+    "ConjugateGradient",
+    "Exact",
+    "Identity",
+    "Neumann",
+    "NeumannDivergenceWarning",
+    "NonPositiveCurvatureWarning",
+    "Solver",
+    "power_iteration",
+]
+
+
+class NeumannDivergenceWarning(RuntimeWarning):
+    """A Neumann series whose terms grew was cut off before the growth."""
+
+
+class NonPositiveCurvatureWarning(RuntimeWarning):
+    """Conjugate gradient met a direction of zero or negative curvature and stopped there."""
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _rounding_slack(v: tuple[Tensor, ...]) -> float:
+    """A relative change below this is rounding, not growth, in the dtype of ``v``."""
+    return math.sqrt(torch.finfo(v[0].dtype).eps)
+
+
+def power_iteration(hvp: HVP, v: tuple[Tensor, ...], *, steps: int = 5) -> Tensor:
+    """Estimate the largest eigenvalue magnitude of ``H`` seen from ``v``.
+
+    Runs ``steps`` power iterations started at ``v`` itself, so the estimate is the top of the
+    spectrum restricted to the Krylov space of ``v``: exactly the part a Neumann series started
+    at ``v`` has to converge on. Needs no random numbers.
+
+    Args:
+        hvp: The Hessian-vector product.
+        v: The start vector (a tuple of tensors); it must not be zero.
+        steps: How many HVPs to spend.
+
+    Returns:
+        A 0-dim tensor, ``||H u|| / ||u||`` at the last iterate ``u``.
+    """
+    _check_int("steps", steps, 1)
+    u = T.scale(v, 1.0 / T.norm(v))
+    estimate = u[0].new_zeros(())
+    for _ in range(steps):
+        hu = hvp(u)
+        estimate = T.norm(hu)
+        u = T.scale(hu, 1.0 / estimate)
+    return estimate
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Approximate ``H^-1`` by the identity: zero HVPs.
+
+    With it the hypergradient is the T1-T2 approximation of Luketina et al. (2016), the
+    cheapest and the roughest (the paper's ``i = 0``).
+    """
+
+    def __call__(self, hvp: HVP, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return tuple(v)
+
+
+@dataclass(frozen=True)
+class Neumann:
+    """Truncated Neumann series (Algorithm 3): ``H^-1 v ~= alpha * sum_{j<=steps} (I - alpha H)^j v``.
+
+    The series converges when ``0 < alpha * eigenvalue < 2`` for every eigenvalue of ``H`` that
+    ``v`` touches; then the error falls geometrically with ``steps``. If a term grows, the Hessian
+    is not positive definite along ``v`` or ``alpha`` is too large: the series is cut off before
+    the first growing term and a :class:`NeumannDivergenceWarning` says so, never returning a
+    blown-up sum. The loop never synchronises with the device; the check is made once at the end.
+
+    Args:
+        steps: Number of HVPs (the paper's ``i``); ``0`` gives ``alpha * v``.
+        alpha: The step of the series, or ``"auto"``: ``1 / lambda_max`` from
+            :func:`power_iteration`, at the price of ``power_steps`` more HVPs per call.
+        power_steps: HVPs spent on the estimate when ``alpha="auto"``.
+    """
+
+    steps: int = 10
+    alpha: float | Literal["auto"] = "auto"
+    power_steps: int = 5
+
+    def __post_init__(self) -> None:
+        _check_int("steps", self.steps, 0)
+        _check_int("power_steps", self.power_steps, 1)
+        if self.alpha != "auto":
+            _check_positive("alpha", self.alpha)
+
+    def __call__(self, hvp: HVP, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        v = tuple(v)
+        if self.alpha == "auto":
+            lam = power_iteration(hvp, v, steps=self.power_steps)
+            if not bool(torch.isfinite(lam)) or float(lam) <= 0.0:
+                warnings.warn(
+                    f"Neumann(alpha='auto') estimated a top eigenvalue of {float(lam)!r}; the "
+                    "Hessian is zero or not finite along v, so the identity was used instead.",
+                    NeumannDivergenceWarning,
+                    stacklevel=2,
+                )
+                return v
+            alpha: float | Tensor = 1.0 / lam
+        else:
+            alpha = float(self.alpha)
+
+        slack = 1.0 + _rounding_slack(v)
+        term, total = v, v
+        previous = T.norm(v)
+        alive = torch.ones((), dtype=torch.bool, device=v[0].device)
+        cut_at = torch.full((), self.steps + 1, device=v[0].device)
+        for j in range(1, self.steps + 1):
+            term = T.add(term, hvp(term), alpha=-alpha)
+            size = T.norm(term)
+            grew = ~(size <= previous * slack)  # also true for NaN / inf
+            cut_at = torch.where(alive & grew, j, cut_at)
+            alive = alive & ~grew
+            total = T.where(alive, T.add(total, term), total)
+            previous = size
+        if not bool(alive):
+            j = int(cut_at)
+            warnings.warn(
+                f"Neumann series diverged: its term {j} of {self.steps} grew, so alpha times an "
+                "eigenvalue of the Hessian is above 2 or the Hessian is not positive definite. "
+                f"Returned the sum of the first {j} terms. Lower alpha (now "
+                f"{float(alpha):.3g}), use alpha='auto', or add curvature (weight decay).",
+                NeumannDivergenceWarning,
+                stacklevel=2,
+            )
+        return T.scale(total, alpha)
+
+
+@dataclass(frozen=True)
+class ConjugateGradient:
+    """Conjugate gradient on ``H x = v``, started at zero.
+
+    Stops after ``steps`` HVPs or when ``||H x - v|| <= tol * ||v||``. CG needs a positive
+    definite Hessian: on a direction of zero or negative curvature it stops, warns with
+    :class:`NonPositiveCurvatureWarning` and returns the last iterate (zero if that was the first
+    direction), rather than a step along a direction of no meaning.
+
+    Args:
+        steps: Most HVPs to spend.
+        tol: Relative residual at which to stop.
+    """
+
+    steps: int = 10
+    tol: float = 1e-10
+
+    def __post_init__(self) -> None:
+        _check_int("steps", self.steps, 1)
+        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not (
+            math.isfinite(self.tol) and self.tol >= 0
+        ):
+            raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
+
+    def __call__(self, hvp: HVP, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        v = tuple(v)
+        x = tuple(torch.zeros_like(t) for t in v)
+        r = v
+        p = v
+        rr = T.dot(r, r)
+        stop = float(self.tol) ** 2 * float(rr)
+        for k in range(self.steps):
+            if float(rr) <= stop:
+                break
+            hp = hvp(p)
+            curvature = T.dot(p, hp)
+            if not float(curvature) > 0.0:  # also catches NaN
+                warnings.warn(
+                    f"ConjugateGradient met non-positive curvature p'Hp = {float(curvature):.3g} "
+                    f"at step {k + 1}: the Hessian is not positive definite here. Returned the "
+                    f"iterate of step {k}. Use Neumann, or add curvature (weight decay).",
+                    NonPositiveCurvatureWarning,
+                    stacklevel=2,
+                )
+                break
+            step = rr / curvature
+            x = T.add(x, p, alpha=step)
+            r = T.add(r, hp, alpha=-step)
+            rr_new = T.dot(r, r)
+            p = T.add(r, p, alpha=rr_new / rr)
+            rr = rr_new
+        return x
+
+
+@dataclass(frozen=True)
+class Exact:
+    """Build the dense Hessian (one HVP per weight) and solve ``H x = v`` directly.
+
+    For tests and tiny problems: it costs ``n`` HVPs and ``n**2`` numbers of memory.
+
+    Args:
+        max_size: Refuse problems with more weights than this.
+    """
+
+    max_size: int = 5000
+
+    def __post_init__(self) -> None:
+        _check_int("max_size", self.max_size, 1)
+
+    def __call__(self, hvp: HVP, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        v = tuple(v)
+        n = T.size(v)
+        if n > self.max_size:
+            raise ValueError(
+                f"Exact() builds an n x n Hessian and n = {n} weights exceeds max_size = "
+                f"{self.max_size}; use Neumann or ConjugateGradient, or raise max_size."
+            )
+        flat_v = T.flatten(v)
+        eye = torch.eye(n, dtype=flat_v.dtype, device=flat_v.device)
+        columns = [T.flatten(hvp(T.unflatten(eye[k], v))) for k in range(n)]
+        hessian = torch.stack(columns, dim=1)
+        solution, info = torch.linalg.solve_ex(hessian, flat_v)
+        if int(info) != 0 or not bool(torch.isfinite(solution).all()):
+            raise ValueError(
+                "Exact() found the Hessian singular; the implicit function theorem needs an "
+                "invertible Hessian. Add curvature (weight decay) or use Neumann."
+            )
+        return T.unflatten(solution, v)
