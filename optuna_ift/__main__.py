@@ -1,0 +1,3 @@
+from optuna_ift.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,7 @@
+"""The paper's studies, each a function that returns its results and writes its figures."""
+
+from __future__ import annotations
+
+from optuna_ift.experiments.compare_inverse import compare_inverse
+
+__all__ = ["compare_inverse"]
