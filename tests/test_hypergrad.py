@@ -361,3 +361,20 @@ def test_train_gradient_hvp_matches_dense_hessian(ridge):
     _, hvp = train_gradient_hvp(ridge.train_loss(w, theta), [w])
     v = torch.randn(theta.numel(), dtype=torch.float64)
     assert torch.allclose(hvp((v,))[0], ridge.hessian(ridge.theta) @ v, rtol=1e-12)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("solver", [Neumann(50, "auto"), ConjugateGradient(6), Exact()])
+def test_device_follows_inputs(device, solver):
+    r = make_ridge()
+    theta = r.theta.to(device).requires_grad_()
+    w = r.optimum(r.theta).to(device).requires_grad_()
+    X, y, Xv, yv = (t.to(device) for t in (r.X, r.y, r.Xv, r.yv))
+    train = ((X @ w - y) ** 2).sum() / (2 * len(y)) + (theta.exp() * w**2).sum() / 2
+    val = ((Xv @ w - yv) ** 2).sum() / (2 * len(yv))
+    (g,) = hypergradient(val, train, [w], [theta], solver=solver)
+    assert g.device.type == device and g.dtype == torch.float64
+    assert rel(g.cpu(), r.true_hypergradient()) < 1e-3
