@@ -15,22 +15,27 @@ The same two functional loss functions (a tuple of weights in, a scalar out) ser
 
 Sections:
 
-1. cost: the time of one hypergradient (both forward passes included) in units of one training
-   gradient (forward + ``torch.autograd.grad`` of ``L_T`` wrt the weights), for each ``i``; a
-   least-squares line ``cost = slope * i + intercept``; ours / torchopt time ratios. Methods run
-   in one process, interleaved round-robin in every repeat (the order rotates from repeat to
-   repeat), after warm-up; the median of the repeats is reported.
-2. agreement: relative difference between our hypergradient and torchopt's, same ``i``.
-3. memory: peak memory of ours (Neumann) and of unrolled differentiation against ``i``.
+1. work and agreement: one call of every method through solvers wrapped to count Hessian-vector
+   products (HVPs), and the relative difference between our hypergradient and torchopt's.
+2. cost: the time of one hypergradient (both forward passes included) in units of one training
+   gradient ("GE": forward + ``torch.autograd.grad`` of ``L_T`` wrt the weights), for each ``i``;
+   a least-squares line ``cost = slope * i + intercept``; ours / torchopt time ratios. Methods
+   run in one process, interleaved round-robin in every repeat (the order rotates from repeat to
+   repeat), after warm-up rounds; the median of the repeats is reported. On CUDA the clock is
+   read after ``torch.cuda.synchronize``.
+3. memory: peak memory of ours (Neumann) and of unrolled differentiation against ``i`` (see
+   :func:`peak_memory` for how it is measured on the CPU).
 
-Conventions (checked in section 2, see also benchmarks/README.md):
+Conventions (checked in section 1, see also benchmarks/README.md):
 
 * torchopt's ``linalg.ns(matvec, b, maxiter=i, alpha=a)`` returns ``a * sum_{j=0..i} (I - a A)^j b``
-  with ``i`` matrix-vector products: exactly our ``Neumann(steps=i, alpha=a)``. (Its *matrix*
-  form ``linalg.ns_inv`` sums only ``j = 0..i-1``; it is not used by ``solve_inv(ns=True)``.)
+  with ``i`` matrix-vector products: exactly our ``Neumann(steps=i, alpha=a)`` (the two agree to
+  the last bit). Its *matrix* form ``linalg.ns_inv`` sums only ``j = 0..i-1``, and with
+  ``alpha=None`` it uses ``alpha = 1``; neither matters here.
 * torchopt's ``linalg.cg`` starts with ``r0 = b - A(x0)``, one product more than ours even at
-  ``x0 = 0``: ``maxiter=i`` costs ``i + 1`` Hessian-vector products, ours ``i``; both run
-  exactly ``i`` CG iterations here (``tol=0`` / ``rtol=atol=0``: no early stop).
+  ``x0 = 0``: ``maxiter=i`` costs ``i + 1`` HVPs, ours ``i``; both run exactly ``i`` CG
+  iterations here (``tol=0`` / ``rtol=atol=0``: no early stop), as long as CG meets no negative
+  curvature (ours stops there, torchopt's goes on): the run checks this and says so.
 
 Run ``python benchmarks/bench_hypergradient.py --help`` for the options.
 """
@@ -65,7 +70,9 @@ from optuna_ift import (
 from optuna_ift.hypergrad import train_gradient_hvp
 
 try:
-    import torchopt
+    with warnings.catch_warnings():  # its import of functorch warns about deprecations
+        warnings.simplefilter("ignore")
+        import torchopt
 except ImportError:  # the benchmark still runs ours without it
     torchopt = None
 
@@ -81,34 +88,33 @@ class Problem:
     """An MLP ``d_in - hidden - classes`` on a fixed-seed Gaussian mixture, written functionally.
 
     Weights are the tuple ``(W1, b1, W2, b2)``; hyperparameters one log decay tensor per weight.
-    All randomness comes from one ``torch.Generator``; global RNG state is never touched.
+    All randomness comes from one ``torch.Generator``; global RNG state is never touched. The
+    problem is built and pretrained on the CPU in float64, then cast with :meth:`to`, so every
+    device and dtype measures the same weights.
     """
 
     def __init__(
         self,
         *,
-        device: torch.device,
-        dtype: torch.dtype,
         seed: int,
         d_in: int = 784,
         hidden: int = 256,
         classes: int = 10,
         batch: int = 512,
-        log_decay: float = math.log(1e-3),
+        log_decay: float = math.log(1e-2),
     ) -> None:
         gen = torch.Generator(device="cpu").manual_seed(seed)
 
         def randn(*shape: int) -> torch.Tensor:
             return torch.randn(*shape, generator=gen, dtype=torch.float64)
 
-        # Gaussian mixture: one mean per class, unit noise. Generated on the CPU in float64 so
-        # the data do not depend on the device or dtype of the run.
+        # Gaussian mixture: one mean per class, unit noise.
         means = randn(classes, d_in) * (2.0 / math.sqrt(d_in)) * 3.0
 
         def sample(n: int) -> tuple[torch.Tensor, torch.Tensor]:
             y = torch.randint(classes, (n,), generator=gen)
             x = means[y] + randn(n, d_in)
-            return x.to(device, dtype), y.to(device)
+            return x, y
 
         self.x_train, self.y_train = sample(batch)
         self.x_val, self.y_val = sample(batch)
@@ -118,10 +124,22 @@ class Problem:
             randn(hidden, classes) * math.sqrt(1.0 / hidden),
             torch.zeros(classes, dtype=torch.float64),
         )
-        self.weights: Tensors = tuple(w.to(device, dtype).requires_grad_() for w in init)
+        self.weights: Tensors = tuple(w.requires_grad_() for w in init)
         self.hparams: Tensors = tuple(
             torch.full_like(w, log_decay).requires_grad_() for w in self.weights
         )
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> Problem:
+        """Move the data, weights and hyperparameters (as new leaves)."""
+        self.x_train = self.x_train.to(device, dtype)
+        self.x_val = self.x_val.to(device, dtype)
+        self.y_train, self.y_val = self.y_train.to(device), self.y_val.to(device)
+        self.weights = tuple(w.detach().to(device, dtype).requires_grad_() for w in self.weights)
+        self.hparams = tuple(h.detach().to(device, dtype).requires_grad_() for h in self.hparams)
+        return self
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (*self.weights, *self.hparams, self.x_train, self.y_train, self.x_val, self.y_val)
 
     @staticmethod
     def logits(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -137,15 +155,34 @@ class Problem:
         del hparams  # no direct dependence: the hypergradient is all response
         return F.cross_entropy(self.logits(weights, self.x_val), self.y_val)
 
-    def pretrain(self, steps: int, lr: float) -> dict[str, float]:
-        """Adam on the training loss, so the weights are near its minimum (the IFT premise)."""
+    def pretrain(self, adam_steps: int, lbfgs_steps: int, lr: float) -> dict[str, float]:
+        """Adam then L-BFGS on the training loss, so the weights are near its minimum.
+
+        Near a minimum is the premise of the implicit function theorem, and it matters here in
+        practice: after Adam alone the Hessian still has directions of negative curvature that
+        make conjugate gradient stop early (and then do less work than torchopt's). With ReLU
+        the loss is not smooth and L-BFGS stalls at a gradient norm of about 1e-3; some
+        negative curvature remains (see :meth:`cg_positive_steps`).
+        """
         weights = [w.detach().clone().requires_grad_() for w in self.weights]
+        hparams = [h.detach() for h in self.hparams]
         opt = torch.optim.Adam(weights, lr=lr)
-        for _ in range(steps):
+        for _ in range(adam_steps):
             opt.zero_grad(set_to_none=True)
-            loss = self.train_loss(weights, [h.detach() for h in self.hparams])
-            loss.backward()
+            self.train_loss(weights, hparams).backward()
             opt.step()
+        if lbfgs_steps > 0:
+            lbfgs = torch.optim.LBFGS(weights, lr=1.0, max_iter=lbfgs_steps, history_size=20,
+                                      tolerance_grad=1e-12, tolerance_change=0.0,
+                                      line_search_fn="strong_wolfe")
+
+            def closure() -> torch.Tensor:
+                lbfgs.zero_grad(set_to_none=True)
+                loss = self.train_loss(weights, hparams)
+                loss.backward()
+                return loss
+
+            lbfgs.step(closure)
         self.weights = tuple(w.detach().requires_grad_() for w in weights)
         loss = self.train_loss(self.weights, self.hparams)
         grad = torch.autograd.grad(loss, self.weights)
@@ -153,32 +190,46 @@ class Problem:
             acc_t = (self.logits(self.weights, self.x_train).argmax(1) == self.y_train).float()
             acc_v = (self.logits(self.weights, self.x_val).argmax(1) == self.y_val).float()
         return {
-            "train_loss": float(loss),
-            "val_loss": float(self.val_loss(self.weights, self.hparams)),
-            "train_grad_norm": float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grad]))),
+            "train_loss": float(loss.detach()),
+            "val_loss": float(self.val_loss(self.weights, self.hparams).detach()),
+            "train_grad_norm": _norm(grad),
             "train_acc": float(acc_t.mean()),
             "val_acc": float(acc_v.mean()),
         }
 
-    def spectrum(self, iters: int, seed: int) -> tuple[float, float]:
-        """Estimates of the largest and smallest Hessian eigenvalues (power iteration).
-
-        Largest: power iteration from a random start. Smallest: power iteration on
-        ``lambda_max I - H``. Both are estimates (a few dozen HVPs), good enough to choose alpha.
-        """
+    def largest_eigenvalue(self, iters: int, seed: int) -> float:
+        """Power-iteration estimate of the largest Hessian eigenvalue, from a random start."""
         gen = torch.Generator(device="cpu").manual_seed(seed)
         _, hvp = train_gradient_hvp(self.train_loss(self.weights, self.hparams), self.weights)
         start = tuple(
             torch.randn(w.shape, generator=gen, dtype=torch.float64).to(w.device, w.dtype)
             for w in self.weights
         )
-        top = float(power_iteration(hvp, start, steps=iters))
+        return float(power_iteration(hvp, start, steps=iters))
 
-        def shifted(v: Tensors) -> Tensors:
-            return tuple(top * x - hx for x, hx in zip(v, hvp(v)))
+    def cg_positive_steps(self, limit: int) -> int:
+        """How many conjugate-gradient steps on ``H x = dL_V/dw`` meet positive curvature.
 
-        bottom = top - float(power_iteration(shifted, start, steps=iters))
-        return top, bottom
+        The same recurrence as ours and torchopt's CG (from zero). A ReLU network's Hessian is
+        indefinite, so CG eventually meets ``p'Hp <= 0``; ours then stops (with a warning) while
+        torchopt's goes on, and the two would not do the same work. Returns ``limit`` if all
+        ``limit`` steps were fine.
+        """
+        w, h = self.weights, self.hparams
+        _, hvp = train_gradient_hvp(self.train_loss(w, h), w)
+        r = p = torch.autograd.grad(self.val_loss(w, h), w)
+        rr = sum((x * x).sum() for x in r)
+        for k in range(limit):
+            hp = hvp(p)
+            curvature = sum((x * y).sum() for x, y in zip(p, hp))
+            if not float(curvature) > 0:
+                return k
+            step = rr / curvature
+            r = tuple(x - step * y for x, y in zip(r, hp))
+            rr_new = sum((x * x).sum() for x in r)
+            p = tuple(x + (rr_new / rr) * y for x, y in zip(r, p))
+            rr = rr_new
+        return limit
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +264,23 @@ def with_torchopt(problem: Problem, solve) -> Callable[[], Tensors]:
         return torch.autograd.grad(val, h)
 
     return run
+
+
+class HVPCounter:
+    """Wraps a solver ``solver(hvp, v)`` (ours or torchopt's) to count its HVP calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def solver(self, inner):
+        def counted_solver(hvp, v):
+            def counted_hvp(u):
+                self.calls += 1
+                return hvp(u)
+
+            return inner(counted_hvp, v)
+
+        return counted_solver
 
 
 def train_gradient(problem: Problem) -> Callable[[], Tensors]:
@@ -285,18 +353,19 @@ def _quiet_stderr():
 def peak_memory(fn: Callable[[], Tensors], device: torch.device) -> int:
     """Peak bytes of tensor memory allocated while ``fn`` runs, above what was live before it.
 
-    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus the
-    memory allocated before the call.
+    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus
+    ``torch.cuda.memory_allocated`` just before the call.
 
     CPU: there is no CPU counterpart of ``max_memory_allocated``, and peak RSS is blurred by the
-    allocator (glibc keeps freed heap, the interpreter and libraries dominate). Instead the call
-    runs under ``torch.profiler`` with ``profile_memory=True``, which makes PyTorch's CPU
+    allocator (glibc keeps freed heap) and dominated by the interpreter and libraries. Instead the
+    call runs under ``torch.profiler`` with ``profile_memory=True``, which makes PyTorch's CPU
     allocator report every allocation and free (pointer and size) to the profiler. We replay
-    those events: add every allocation made inside the call, subtract frees of those same
-    pointers (frees of tensors that existed before the call are ignored, so the number is the
-    peak of memory *added* by the call), and keep the maximum. This counts exactly the bytes of
-    tensor storage (activations, autograd graphs, solver vectors), on every thread the profiler
-    follows (the CPU autograd engine runs on the calling thread).
+    those events in time order: add every allocation made inside the call, subtract the frees of
+    those same pointers (frees of tensors that existed before the call are ignored, so the number
+    is the peak of memory *added* by the call), and keep the maximum. This counts exactly the
+    bytes of tensor storage (activations, autograd graphs, solver vectors, temporaries), the same
+    quantity ``max_memory_allocated`` tracks on CUDA (up to its 512-byte rounding). The CPU
+    autograd engine runs on the calling thread, which the profiler follows.
     """
     gc.collect()
     if device.type == "cuda":
@@ -322,6 +391,8 @@ def peak_memory(fn: Callable[[], Tensors], device: torch.device) -> int:
         stack.extend(node.children)
         if node.tag == allocation and node.extra_fields.device.type == "cpu":
             events.append((node.start_time_ns, node.extra_fields))
+    if not events:
+        raise RuntimeError("torch.profiler recorded no CPU allocation: cannot measure memory")
     events.sort(key=lambda e: e[0])
     live: dict[int, int] = {}
     current = peak = 0
@@ -333,6 +404,10 @@ def peak_memory(fn: Callable[[], Tensors], device: torch.device) -> int:
         elif ev.ptr in live:
             current -= live.pop(ev.ptr)
     return peak
+
+
+def _norm(a: Sequence[torch.Tensor]) -> float:
+    return float(torch.linalg.vector_norm(torch.cat([x.detach().reshape(-1) for x in a])))
 
 
 def relative_difference(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -354,15 +429,26 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
 
 @contextlib.contextmanager
 def count_warnings(counter: dict[str, int]):
-    """Record (not print) solver warnings, counting them by class name."""
+    """Record the solvers' warnings, counting them by class, instead of printing them.
+
+    torchopt 0.7 calls ``functorch.vjp``, which raises a FutureWarning on every call with
+    torch >= 2; those are ignored (not recorded, which would cost time inside the timed region).
+    Anything else is shown as usual.
+    """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        warnings.simplefilter("ignore", FutureWarning)
         yield
+    quiet = (NeumannDivergenceWarning, NonPositiveCurvatureWarning)
     for w in caught:
         name = w.category.__name__
         counter[name] = counter.get(name, 0) + 1
-        if not issubclass(w.category, (NeumannDivergenceWarning, NonPositiveCurvatureWarning)):
+        if not issubclass(w.category, quiet):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _solver_warning_line(counter: dict[str, int]) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in counter.items()) or "none"
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,33 +459,42 @@ def count_warnings(counter: dict[str, int]):
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', ...")
+    p.add_argument("--device", default="auto",
+                   help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--repeats", type=int, default=15, help="timed rounds (median reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    p.add_argument("--repeats", type=int, default=81, help="timed rounds (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 5, 10, 20],
                    help="solver steps i (HVPs) for the cost and agreement sections")
     p.add_argument("--memory-steps", type=int, nargs="+", default=[1, 10, 100],
                    help="i for the memory section (Neumann steps / unrolled SGD steps)")
-    p.add_argument("--alpha", type=float, default=10.0,
+    p.add_argument("--alpha", type=float, default=5.0,
                    help="Neumann step alpha, the same for ours and torchopt (needs "
                         "alpha * lambda_max < 2; the run prints lambda_max)")
-    p.add_argument("--unrolled-lr", type=float, default=1e-3, help="SGD lr of unrolled_hypergradient")
-    p.add_argument("--pretrain-steps", type=int, default=300, help="Adam steps before measuring")
-    p.add_argument("--pretrain-lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unrolled-lr", type=float, default=1e-3,
+                   help="SGD learning rate of unrolled_hypergradient")
+    p.add_argument("--decay", type=float, default=1e-2, help="initial weight decay exp(lambda)")
+    p.add_argument("--adam-steps", type=int, default=300, help="Adam steps before measuring")
+    p.add_argument("--lbfgs-steps", type=int, default=200,
+                   help="then at most this many L-BFGS iterations")
+    p.add_argument("--pretrain-lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=2,
+                   help="data, initialisation and pretraining seed (2: CG meets positive "
+                        "curvature for its first 26 steps, see Problem.cg_positive_steps)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
     p.add_argument("--no-torchopt", action="store_true", help="skip torchopt")
     p.add_argument("--no-memory", action="store_true", help="skip the memory section")
     p.add_argument("--profile", action="store_true",
-                   help="also print a torch.profiler table of ours and torchopt, Neumann at the "
+                   help="also print torch.profiler tables of ours and torchopt, Neumann at the "
                         "middle --steps value")
     p.add_argument("--json", metavar="PATH", help="write every number to this JSON file")
     args = p.parse_args(argv)
     if min(args.steps) < 1 or min(args.memory_steps) < 1:
         p.error("--steps and --memory-steps must be >= 1")
-    if args.repeats < 1:
-        p.error("--repeats must be >= 1")
+    if args.repeats < 1 or args.warmup < 0:
+        p.error("--repeats must be >= 1 and --warmup >= 0")
+    if not args.decay > 0:
+        p.error("--decay must be > 0")
     return args
 
 
@@ -419,37 +514,52 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print("torchopt is not installed: its columns are skipped (pip install torchopt)")
     steps = sorted(set(args.steps))
     report: dict = {
-        "config": {k: v for k, v in vars(args).items()},
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "config": dict(vars(args)),
         "env": {
             "python": platform.python_version(),
             "torch": torch.__version__,
             "torchopt": getattr(torchopt, "__version__", None),
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-            else platform.processor() or platform.machine(),
+            else (platform.processor() or platform.machine()),
+            "cpu_count": os.cpu_count(),
             "dtype": args.dtype,
             "threads": torch.get_num_threads(),
         },
     }
     wall = time.perf_counter()
+    solver_warnings: dict[str, int] = {}
 
     # -- problem ---------------------------------------------------------------------------
-    problem = Problem(device=device, dtype=dtype, seed=args.seed)
-    fit = problem.pretrain(args.pretrain_steps, args.pretrain_lr)
-    top, bottom = problem.spectrum(iters=30, seed=args.seed + 1)
-    report["problem"] = {**fit, "lambda_max": top, "lambda_min_estimate": bottom,
-                         "alpha_times_lambda_max": args.alpha * top}
+    problem = Problem(seed=args.seed, log_decay=math.log(args.decay))
+    fit = problem.pretrain(args.adam_steps, args.lbfgs_steps, args.pretrain_lr)
+    problem.to(device, dtype)
+    top = problem.largest_eigenvalue(iters=30, seed=args.seed + 1)
+    cg_limit = max(steps) + 10
+    cg_ok = problem.cg_positive_steps(cg_limit)
+    resident = sum(t.numel() * t.element_size() for t in problem.tensors())
+    report["problem"] = {**fit, "lambda_max": top, "alpha_times_lambda_max": args.alpha * top,
+                         "cg_positive_curvature_steps": cg_ok, "resident_bytes": resident}
     n_w = sum(w.numel() for w in problem.weights)
     print(f"device {device} ({report['env']['device_name']}), {args.dtype}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"torchopt {report['env']['torchopt']}")
-    print(f"MLP 784-256-10, batch 512 + 512, {n_w} weights, {n_w} hyperparameters; after "
-          f"{args.pretrain_steps} Adam steps: train loss {fit['train_loss']:.4f} "
-          f"(|grad| {fit['train_grad_norm']:.2e}), val loss {fit['val_loss']:.4f}, "
-          f"accuracy {fit['train_acc']:.3f}/{fit['val_acc']:.3f}")
-    print(f"Hessian eigenvalue estimates: max {top:.4g}, min {bottom:.4g}; "
-          f"alpha = {args.alpha:g}, alpha * lambda_max = {args.alpha * top:.3g}"
-          + ("" if args.alpha * top < 2 else "  (>= 2: the Neumann series may diverge!)"))
+    print(f"MLP 784-256-10, batch 512 + 512, {n_w} weights, {n_w} hyperparameters, decay "
+          f"{args.decay:g}; after {args.adam_steps} Adam + <={args.lbfgs_steps} L-BFGS steps: "
+          f"train loss {fit['train_loss']:.4f} (|grad| {fit['train_grad_norm']:.1e}), "
+          f"val loss {fit['val_loss']:.4f}, accuracy {fit['train_acc']:.3f}/{fit['val_acc']:.3f}")
+    print(f"Largest Hessian eigenvalue (power iteration) {top:.4g}: alpha = {args.alpha:g}, "
+          f"alpha * lambda_max = {args.alpha * top:.3g}"
+          + (" < 2" if args.alpha * top < 2 else "  (>= 2: the Neumann series may diverge!)"))
+    if cg_ok >= max(steps):
+        print(f"CG on H x = dL_V/dw meets positive curvature for its first "
+              f"{cg_ok if cg_ok < cg_limit else f'{cg_limit} (or more)'} steps, "
+              f">= the largest i = {max(steps)}: ours and torchopt's CG do the same iterations")
+    else:
+        print(f"WARNING: CG on H x = dL_V/dw meets non-positive curvature at step {cg_ok + 1}: "
+              f"ours stops there, torchopt's goes on, so CG with i > {cg_ok} is not the same "
+              "work (try another --seed)")
 
     # -- methods ---------------------------------------------------------------------------
     methods: dict[str, Callable[[], Tensors]] = {"grad": train_gradient(problem)}
@@ -463,41 +573,50 @@ def main(argv: Sequence[str] | None = None) -> dict:
             methods[f"torchopt-cg-{i}"] = with_torchopt(
                 problem, ls.solve_cg(maxiter=i, rtol=0.0, atol=0.0))
 
-    # -- agreement (also a warm-up) --------------------------------------------------------
-    solver_warnings: dict[str, int] = {}
+    # -- agreement and work done (also a first warm-up) ----------------------------------
+    # Runs every method once, through solvers wrapped to count the Hessian-vector products
+    # (the timed methods are not wrapped).
     agreement: dict[str, dict[str, float]] = {}
-    results: dict[str, Tensors] = {}
-    with count_warnings(solver_warnings):
-        for name, fn in methods.items():
-            if name != "grad":
-                results[name] = fn()
     for kind in ("neumann", "cg"):
         for i in steps:
-            a = results[f"ours-{kind}-{i}"]
-            entry = {"norm": float(torch.linalg.vector_norm(torch.cat([x.flatten() for x in a])))}
+            entry: dict[str, float] = {}
+            caught: dict[str, int] = {}
+            counter = HVPCounter()
+            solver = Neumann(steps=i, alpha=args.alpha) if kind == "neumann" else \
+                ConjugateGradient(steps=i, tol=0.0)
+            with count_warnings(caught):
+                a = ours(problem, counter.solver(solver))()
+            entry["hvps_ours"] = counter.calls
+            entry["norm_ours"] = _norm(a)
             if use_torchopt:
-                entry["rel_diff_vs_torchopt"] = relative_difference(a, results[f"torchopt-{kind}-{i}"])
+                counter = HVPCounter()
+                ls = torchopt.linear_solve
+                solve = ls.solve_inv(ns=True, maxiter=i, alpha=args.alpha) if kind == "neumann" \
+                    else ls.solve_cg(maxiter=i, rtol=0.0, atol=0.0)
+                with count_warnings(caught):
+                    b = with_torchopt(problem, counter.solver(solve))()
+                entry["hvps_torchopt"] = counter.calls
+                entry["rel_diff"] = relative_difference(a, b)
+            entry["warnings"] = sum(caught.values())
+            for k, v in caught.items():
+                solver_warnings[k] = solver_warnings.get(k, 0) + v
             agreement[f"{kind}-{i}"] = entry
-    # Accuracy of the solves themselves, against a long CG run (for orientation only).
-    with count_warnings(solver_warnings):
-        reference = ours(problem, ConjugateGradient(steps=200, tol=1e-8))()
-    for kind in ("neumann", "cg"):
-        for i in steps:
-            agreement[f"{kind}-{i}"]["rel_err_vs_cg200"] = relative_difference(
-                results[f"ours-{kind}-{i}"], reference)
+            with count_warnings(solver_warnings):  # warm the timed callables too
+                methods[f"ours-{kind}-{i}"]()
+                if use_torchopt:
+                    methods[f"torchopt-{kind}-{i}"]()
     report["agreement"] = agreement
-    report["solver_warnings"] = dict(solver_warnings)
-    del results
-
-    print("\nAgreement: relative l2 difference of the hypergradients (|a - b| / |b|)")
-    print(f"{'solver':>8} {'i':>4} {'ours vs torchopt':>17} {'ours vs CG(200)':>16}")
+    print("\nWork and agreement, one call each: Hessian-vector products done, and "
+          "|ours - torchopt| / |torchopt|")
+    print(f"{'solver':>8} {'i':>4} {'ours HVPs':>10}"
+          + (f" {'torchopt HVPs':>14} {'rel. difference':>16}" if use_torchopt else "")
+          + f" {'warnings':>9}")
     for kind in ("neumann", "cg"):
         for i in steps:
             e = agreement[f"{kind}-{i}"]
-            tor = f"{e['rel_diff_vs_torchopt']:.2e}" if use_torchopt else "-"
-            print(f"{kind:>8} {i:>4} {tor:>17} {e['rel_err_vs_cg200']:>16.2e}")
-    print("solver warnings during these runs: "
-          + (", ".join(f"{k} x{v}" for k, v in solver_warnings.items()) or "none"))
+            print(f"{kind:>8} {i:>4} {e['hvps_ours']:>10}"
+                  + (f" {e['hvps_torchopt']:>14} {e['rel_diff']:>16.1e}" if use_torchopt else "")
+                  + f" {e['warnings']:>9}")
 
     # -- timing ----------------------------------------------------------------------------
     with count_warnings(solver_warnings):
@@ -511,8 +630,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "gradient_evaluations": cost,
         "samples_ms": {k: [x * 1e3 for x in v] for k, v in samples.items()},
     }
-    print(f"\nCost per hypergradient (median of {args.repeats}, after {args.warmup} warm-up "
-          f"rounds, interleaved); 1 gradient evaluation = {unit * 1e3:.2f} ms")
+    print(f"\nTime per hypergradient, both forward passes included (median of {args.repeats} "
+          f"interleaved rounds after {args.warmup} warm-up rounds).")
+    print(f"GE = gradient evaluations; 1 GE = one forward + backward of the training loss = "
+          f"{unit * 1e3:.3f} ms")
     header = f"{'solver':>8} {'i':>4} {'ours ms':>9} {'ours GE':>8}"
     if use_torchopt:
         header += f" {'torchopt ms':>12} {'torchopt GE':>12} {'ours/torchopt':>14}"
@@ -531,63 +652,83 @@ def main(argv: Sequence[str] | None = None) -> dict:
     report["timing"]["ours_over_torchopt"] = ratios
 
     fits: dict[str, dict[str, float]] = {}
-    print("\nLeast-squares fit, cost in gradient evaluations = slope * i + intercept")
+    print("Least-squares fit over i: cost in GE = slope * i + intercept")
     for who in ("ours", "torchopt") if use_torchopt else ("ours",):
         for kind in ("neumann", "cg"):
             slope, intercept = fit_line(steps, [cost[f"{who}-{kind}-{i}"] for i in steps])
             fits[f"{who}-{kind}"] = {"slope": slope, "intercept": intercept}
-            print(f"  {who:>8} {kind:>8}: slope {slope:.3f}, intercept {intercept:.2f}")
+            print(f"  {who:>8} {kind:>7}: slope {slope:.3f}, intercept {intercept:.2f}")
     report["timing"]["fit"] = fits
 
     targets: dict[str, bool] = {}
-    for kind in ("neumann", "cg"):
-        targets[f"cost<=0.8i+2 ours-{kind}"] = all(
-            cost[f"ours-{kind}-{i}"] <= 0.8 * i + 2 for i in steps)
-        if use_torchopt and 10 in steps:
-            targets[f"ours<=0.7x torchopt at i=10 ({kind})"] = ratios[f"{kind}-10"] <= 0.7
     print("Targets:")
     for kind in ("neumann", "cg"):
+        ok = all(cost[f"ours-{kind}-{i}"] <= 0.8 * i + 2 for i in steps)
+        targets[f"ours {kind} cost <= 0.8 i + 2 GE"] = ok
         per_i = ", ".join(f"i={i}: {cost[f'ours-{kind}-{i}']:.2f} vs {0.8 * i + 2:.1f}"
                           for i in steps)
-        ok = targets[f"cost<=0.8i+2 ours-{kind}"]
-        print(f"  ours {kind:>7} cost <= 0.8 i + 2: {'HOLDS' if ok else 'FAILS'} ({per_i})")
-    for kind in ("neumann", "cg"):
-        key = f"ours<=0.7x torchopt at i=10 ({kind})"
-        if key in targets:
-            print(f"  ours {kind:>7} <= 0.7x torchopt at i=10: "
-                  f"{'HOLDS' if targets[key] else 'FAILS'} (ratio {ratios[f'{kind}-10']:.3f})")
+        print(f"  ours {kind:>7} cost <= 0.8 i + 2 GE: {'HOLDS' if ok else 'FAILS'} ({per_i})")
+    if use_torchopt and 10 in steps:
+        for kind in ("neumann", "cg"):
+            ok = ratios[f"{kind}-10"] <= 0.7
+            targets[f"ours {kind} <= 0.7x torchopt at i=10"] = ok
+            print(f"  ours {kind:>7} <= 0.7x torchopt at i=10: {'HOLDS' if ok else 'FAILS'} "
+                  f"(ratio {ratios[f'{kind}-10']:.3f})")
 
     # -- memory ----------------------------------------------------------------------------
     if not args.no_memory:
         mem_steps = sorted(set(args.memory_steps))
         memory: dict[str, dict[int, int]] = {"ours-neumann": {}, "unrolled": {}}
+        theorem2: dict[int, float] = {}
         with count_warnings(solver_warnings):
             for i in mem_steps:
                 fn = ours(problem, Neumann(steps=i, alpha=args.alpha))
-                fn()  # warm (lazy initialisation must not count)
+                fn()  # warm: lazy initialisation must not count
                 memory["ours-neumann"][i] = peak_memory(fn, device)
                 memory["unrolled"][i] = peak_memory(unrolled(problem, i, args.unrolled_lr), device)
+                # Theorem 2 of the paper: i unrolled SGD steps from an optimum = Neumann(i - 1)
+                # with alpha = lr. A check of the unrolled baseline (approximate: the weights
+                # are only near the optimum).
+                theorem2[i] = relative_difference(
+                    unrolled(problem, i, args.unrolled_lr)(),
+                    ours(problem, Neumann(steps=i - 1, alpha=args.unrolled_lr))())
             grad_peak = peak_memory(train_gradient(problem), device)
         lo, hi = mem_steps[0], mem_steps[-1]
-        mem_ratios = {k: v[hi] / v[lo] for k, v in memory.items()}
+        added_ratio = {k: v[hi] / v[lo] for k, v in memory.items()}
+        total_ratio = {k: (v[hi] + resident) / (v[lo] + resident) for k, v in memory.items()}
+        target_key = f"ours Neumann peak memory i={hi} / i={lo} within 5%"
+        targets[target_key] = abs(added_ratio["ours-neumann"] - 1) <= 0.05
         report["memory"] = {
             "method": "torch.cuda.max_memory_allocated" if device.type == "cuda"
             else "torch.profiler profile_memory allocation replay",
-            "peak_bytes": {k: {str(i): b for i, b in v.items()} for k, v in memory.items()},
-            "gradient_peak_bytes": grad_peak,
-            f"ratio_{hi}_over_{lo}": mem_ratios,
+            "added_peak_bytes": {k: {str(i): b for i, b in v.items()} for k, v in memory.items()},
+            "resident_bytes": resident,
+            "gradient_added_peak_bytes": grad_peak,
+            "ratio_added": added_ratio,
+            "ratio_with_resident": total_ratio,
             "unrolled_lr": args.unrolled_lr,
+            "theorem2_rel_diff_unrolled_vs_neumann": {str(k): v for k, v in theorem2.items()},
         }
-        targets[f"memory ours i={hi}/i={lo} within 5%"] = abs(mem_ratios["ours-neumann"] - 1) <= 0.05
         mib = 2.0**20
-        print(f"\nPeak memory above the weights and data, MiB ({report['memory']['method']}); "
-              f"one training gradient: {grad_peak / mib:.2f} MiB")
-        print(f"{'i':>5} {'ours Neumann(i)':>16} {'unrolled(steps=i)':>18}")
+        print(f"\nPeak memory, MiB ({report['memory']['method']}): 'added' = peak above the "
+              f"memory live before the call; the weights, hyperparameters and data add "
+              f"{resident / mib:.2f} MiB for the total. One training gradient adds "
+              f"{grad_peak / mib:.2f} MiB.")
+        print(f"{'i':>5} {'ours Neumann(i) added':>22} {'total':>7} {'unrolled(i) added':>18} "
+              f"{'total':>8} {'unrolled(i) vs Neumann(i-1)':>28}")
         for i in mem_steps:
-            print(f"{i:>5} {memory['ours-neumann'][i] / mib:>16.2f} {memory['unrolled'][i] / mib:>18.2f}")
-        print(f"ratio i={hi} / i={lo}: ours {mem_ratios['ours-neumann']:.3f} "
-              f"(target within 5%: {'HOLDS' if targets[f'memory ours i={hi}/i={lo} within 5%'] else 'FAILS'}), "
-              f"unrolled {mem_ratios['unrolled']:.1f}")
+            o, u = memory["ours-neumann"][i], memory["unrolled"][i]
+            print(f"{i:>5} {o / mib:>22.2f} {(o + resident) / mib:>7.2f} {u / mib:>18.2f} "
+                  f"{(u + resident) / mib:>8.2f} {theorem2[i]:>28.1e}")
+        print(f"ratio i={hi} / i={lo}: ours {added_ratio['ours-neumann']:.3f} added, "
+              f"{total_ratio['ours-neumann']:.3f} total; unrolled {added_ratio['unrolled']:.1f} "
+              f"added, {total_ratio['unrolled']:.1f} total")
+        if len(mem_steps) > 2:
+            mid = mem_steps[1]
+            print(f"ratio i={hi} / i={mid}: ours "
+                  f"{memory['ours-neumann'][hi] / memory['ours-neumann'][mid]:.3f} added")
+        print(f"  target {target_key} (added): "
+              f"{'HOLDS' if targets[target_key] else 'FAILS'}")
 
     if args.profile:
         report["profile"] = profile_tables(problem, methods, steps[len(steps) // 2], use_torchopt)
@@ -595,8 +736,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     report["solver_warnings"] = dict(solver_warnings)
     report["targets"] = targets
     report["wall_s"] = time.perf_counter() - wall
-    print("\nsolver warnings (all sections): "
-          + (", ".join(f"{k} x{v}" for k, v in solver_warnings.items()) or "none"))
+    print("\nwarnings, all sections: " + _solver_warning_line(solver_warnings))
     print(f"total wall time {report['wall_s']:.1f} s")
     if args.json:
         with open(args.json, "w") as fh:
@@ -610,15 +750,18 @@ def profile_tables(problem, methods, i, use_torchopt) -> dict[str, str]:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
-    if torch.cuda.is_available() and problem.weights[0].is_cuda:
+    if problem.weights[0].is_cuda:
         activities.append(ProfilerActivity.CUDA)
     tables = {}
     names = [f"ours-neumann-{i}"] + ([f"torchopt-neumann-{i}"] if use_torchopt else [])
     for name in names:
-        methods[name]()
-        with _quiet_stderr(), profile(activities=activities) as prof:
-            for _ in range(5):
-                methods[name]()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            methods[name]()
+            with _quiet_stderr(), profile(activities=activities) as prof:
+                for _ in range(5):
+                    methods[name]()
+                synchronize(problem.weights[0].device)
         sort = "self_cuda_time_total" if len(activities) > 1 else "self_cpu_time_total"
         table = prof.key_averages().table(sort_by=sort, row_limit=15)
         tables[name] = table

@@ -139,43 +139,50 @@ class Neumann:
     def __call__(self, hvp: HVP, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         v = tuple(v)
         if self.alpha == "auto":
-            lam = power_iteration(hvp, v, steps=self.power_steps)
-            if not bool(torch.isfinite(lam)) or float(lam) <= 0.0:
+            lam = float(power_iteration(hvp, v, steps=self.power_steps))
+            if not (math.isfinite(lam) and lam > 0.0):
                 warnings.warn(
-                    f"Neumann(alpha='auto') estimated a top eigenvalue of {float(lam)!r}; the "
+                    f"Neumann(alpha='auto') estimated a top eigenvalue of {lam!r}; the "
                     "Hessian is zero or not finite along v, so the identity was used instead.",
                     NeumannDivergenceWarning,
                     stacklevel=2,
                 )
                 return v
-            alpha: float | Tensor = 1.0 / lam
+            alpha = 1.0 / lam
         else:
             alpha = float(self.alpha)
 
+        # Four weight-sized buffers live at any step (v, the sum, the term, one HVP), updated in
+        # place, so the peak memory is the same for every number of steps. Growth is tracked
+        # on the device and checked once at the end: the loop never waits for the device.
         slack = 1.0 + _rounding_slack(v)
-        term, total = v, v
-        previous = T.norm(v)
-        alive = torch.ones((), dtype=torch.bool, device=v[0].device)
+        total = [t.clone() for t in v]
+        term = [t.clone() for t in v]
+        previous = T.norm(term)
+        stopped = torch.zeros((), dtype=torch.bool, device=v[0].device)
         cut_at = torch.full((), self.steps + 1, device=v[0].device)
         for j in range(1, self.steps + 1):
-            term = T.add(term, hvp(term), alpha=-alpha)
+            torch._foreach_add_(term, hvp(tuple(term)), alpha=-alpha)
             size = T.norm(term)
-            grew = ~(size <= previous * slack)  # also true for NaN / inf
-            cut_at = torch.where(alive & grew, j, cut_at)
-            alive = alive & ~grew
-            total = T.where(alive, T.add(total, term), total)
+            grew = ~(size <= previous * slack)  # also true for NaN and infinity
+            cut_at = torch.where(grew & ~stopped, j, cut_at)
+            stopped = stopped | grew
+            for t in term:  # once stopped, the term is zero from here on, NaN-free
+                t.masked_fill_(stopped, 0.0)
+            torch._foreach_add_(total, term)
             previous = size
-        if not bool(alive):
+        if bool(stopped):
             j = int(cut_at)
             warnings.warn(
                 f"Neumann series diverged: its term {j} of {self.steps} grew, so alpha times an "
                 "eigenvalue of the Hessian is above 2 or the Hessian is not positive definite. "
-                f"Returned the sum of the first {j} terms. Lower alpha (now "
-                f"{float(alpha):.3g}), use alpha='auto', or add curvature (weight decay).",
+                f"Returned the sum of the first {j} terms. Lower alpha (now {alpha:.3g}), use "
+                "alpha='auto', or add curvature (weight decay).",
                 NeumannDivergenceWarning,
                 stacklevel=2,
             )
-        return T.scale(total, alpha)
+        torch._foreach_mul_(total, alpha)
+        return tuple(total)
 
 
 @dataclass(frozen=True)
@@ -204,19 +211,19 @@ class ConjugateGradient:
 
     def __call__(self, hvp: HVP, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         v = tuple(v)
-        x = tuple(torch.zeros_like(t) for t in v)
-        r = v
-        p = v
-        rr = T.dot(r, r)
-        stop = float(self.tol) ** 2 * float(rr)
+        x = [torch.zeros_like(t) for t in v]
+        r = [t.clone() for t in v]
+        p = [t.clone() for t in v]
+        rr = float(T.dot(r, r))
+        stop = float(self.tol) ** 2 * rr
         for k in range(self.steps):
-            if float(rr) <= stop:
+            if rr <= stop:
                 break
-            hp = hvp(p)
-            curvature = T.dot(p, hp)
-            if not float(curvature) > 0.0:  # also catches NaN
+            hp = hvp(tuple(p))
+            curvature = float(T.dot(p, hp))
+            if not curvature > 0.0:  # also catches NaN
                 warnings.warn(
-                    f"ConjugateGradient met non-positive curvature p'Hp = {float(curvature):.3g} "
+                    f"ConjugateGradient met non-positive curvature p'Hp = {curvature:.3g} "
                     f"at step {k + 1}: the Hessian is not positive definite here. Returned the "
                     f"iterate of step {k}. Use Neumann, or add curvature (weight decay).",
                     NonPositiveCurvatureWarning,
@@ -224,12 +231,13 @@ class ConjugateGradient:
                 )
                 break
             step = rr / curvature
-            x = T.add(x, p, alpha=step)
-            r = T.add(r, hp, alpha=-step)
-            rr_new = T.dot(r, r)
-            p = T.add(r, p, alpha=rr_new / rr)
+            torch._foreach_add_(x, p, alpha=step)
+            torch._foreach_add_(r, hp, alpha=-step)
+            rr_new = float(T.dot(r, r))
+            torch._foreach_mul_(p, rr_new / rr)
+            torch._foreach_add_(p, r)
             rr = rr_new
-        return x
+        return tuple(x)
 
 
 @dataclass(frozen=True)

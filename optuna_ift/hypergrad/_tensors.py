@@ -14,13 +14,6 @@ from torch import Tensor
 Tensors = tuple[Tensor, ...]
 
 
-def add(a: Sequence[Tensor], b: Sequence[Tensor], *, alpha: float | Tensor = 1.0) -> Tensors:
-    """``a + alpha * b``."""
-    if isinstance(alpha, Tensor):
-        return tuple(x + alpha * y for x, y in zip(a, b))
-    return tuple(torch.add(x, y, alpha=alpha) for x, y in zip(a, b))
-
-
 def scale(a: Sequence[Tensor], factor: float | Tensor) -> Tensors:
     """``factor * a``."""
     return tuple(factor * x for x in a)
@@ -34,12 +27,7 @@ def dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
 
 def norm(a: Sequence[Tensor]) -> Tensor:
     """The l2 norm of a tuple, as a 0-dim tensor (no host synchronisation)."""
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in a]))
-
-
-def where(condition: Tensor, a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensors:
-    """Elementwise ``a if condition else b`` with a 0-dim boolean ``condition``."""
-    return tuple(torch.where(condition, x, y) for x, y in zip(a, b))
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(a))))
 
 
 def flatten(a: Sequence[Tensor]) -> Tensor:
