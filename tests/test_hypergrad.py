@@ -378,3 +378,21 @@ def test_device_follows_inputs(device, solver):
     (g,) = hypergradient(val, train, [w], [theta], solver=solver)
     assert g.device.type == device and g.dtype == torch.float64
     assert rel(g.cpu(), r.true_hypergradient()) < 1e-3
+
+
+def test_cg_non_finite_input_propagates():
+    v = (torch.tensor([1.0, float("nan")]),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (x,) = ConjugateGradient(steps=5)(diagonal_hvp(torch.ones(2)), v)
+    assert not torch.isfinite(x).all()  # never a silent zero for a caller to apply
+
+
+def test_cg_in_float32_stops_at_rounding_without_warning():
+    r = make_ridge()
+    H = r.hessian(r.theta).float()
+    v = (torch.randn(H.shape[0], generator=torch.Generator().manual_seed(0)),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (x,) = ConjugateGradient(steps=200, tol=0.0)(lambda u: (H @ u[0],), v)
+    assert rel(x.double(), torch.linalg.solve(H.double(), v[0].double())) < 1e-5

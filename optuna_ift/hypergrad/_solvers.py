@@ -189,7 +189,8 @@ class Neumann:
 class ConjugateGradient:
     """Conjugate gradient on ``H x = v``, started at zero.
 
-    Stops after ``steps`` HVPs or when ``||H x - v|| <= tol * ||v||``. CG needs a positive
+    Stops after ``steps`` HVPs or when ``||H x - v|| <= tol * ||v||`` (``tol`` is raised to ten
+    rounding errors of the dtype, below which the residual is noise). CG needs a positive
     definite Hessian: on a direction of zero or negative curvature it stops, warns with
     :class:`NonPositiveCurvatureWarning` and returns the last iterate (zero if that was the first
     direction), rather than a step along a direction of no meaning.
@@ -215,17 +216,23 @@ class ConjugateGradient:
         r = [t.clone() for t in v]
         p = [t.clone() for t in v]
         rr = float(T.dot(r, r))
-        stop = float(self.tol) ** 2 * rr
+        if not math.isfinite(rr):
+            return v  # non-finite in, non-finite out: the caller must see it, not a zero
+        # Below a few rounding errors the residual is noise, whatever tol asks for.
+        tol = max(float(self.tol), 10 * torch.finfo(v[0].dtype).eps)
+        stop = tol**2 * rr
         for k in range(self.steps):
             if rr <= stop:
                 break
             hp = hvp(tuple(p))
             curvature = float(T.dot(p, hp))
-            if not curvature > 0.0:  # also catches NaN
+            if not curvature > 0.0:
+                reason = (f"non-positive curvature p'Hp = {curvature:.3g}"
+                          if math.isfinite(curvature) else "a non-finite Hessian-vector product")
                 warnings.warn(
-                    f"ConjugateGradient met non-positive curvature p'Hp = {curvature:.3g} "
-                    f"at step {k + 1}: the Hessian is not positive definite here. Returned the "
-                    f"iterate of step {k}. Use Neumann, or add curvature (weight decay).",
+                    f"ConjugateGradient met {reason} at step {k + 1}: the Hessian is not "
+                    f"positive definite here. Returned the iterate of step {k}. Use Neumann, "
+                    "or add curvature (weight decay).",
                     NonPositiveCurvatureWarning,
                     stacklevel=2,
                 )
