@@ -1,16 +1,12 @@
-"""Matplotlib figures of the studies, written as PNG files."""
+"""Fig. 3: inverse-Hessian approximations against the exact hypergradient."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: works on machines without a display
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 __all__ = ["plot_inverse_comparison"]
 

@@ -1,0 +1,11 @@
+"""Matplotlib figures of the studies, written as PNG files: one private module per study."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: works on machines without a display
+
+from optuna_ift.plots._inverse import plot_inverse_comparison  # noqa: E402
+
+__all__ = ["plot_inverse_comparison"]
