@@ -18,12 +18,18 @@ from optuna_ift.hypergrad import (
     power_iteration,
     unrolled_hypergradient,
 )
+from optuna_ift.hyperparams import HyperParameter, split_parameters
+from optuna_ift.trainer import Callback, History, HyperTrainer, Unrolled
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Callback",
     "ConjugateGradient",
     "Exact",
+    "History",
+    "HyperParameter",
+    "HyperTrainer",
     "Identity",
     "Neumann",
     "NeumannDivergenceWarning",
@@ -31,5 +37,7 @@ __all__ = [
     "__version__",
     "hypergradient",
     "power_iteration",
+    "split_parameters",
     "unrolled_hypergradient",
+    "Unrolled",
 ]
