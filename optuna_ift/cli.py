@@ -26,6 +26,46 @@ def _compare_inverse(args: argparse.Namespace) -> dict:
                            out=args.out, show_progress=not args.no_progress)
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError("must name at least one integer")
+    return values
+
+
+# The vision studies: subcommand -> (function in optuna_ift.experiments, help, own options).
+# Each option is (flag, add_argument keywords); its value goes to the function argument of the
+# same name. --dataset, --data-root, --download, --seed, --device, --out and --no-progress are
+# common to all of them.
+_STUDIES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
+    "overfit": ("overfit", "Fig. 5/10: overfit 50 validation examples with a decay per weight", [
+        ("--models", dict(nargs="+", choices=("linear", "mlp", "cnn"),
+                          default=["linear", "mlp", "cnn"], help="classifiers to run")),
+        ("--hyper-steps", dict(type=_positive_int, default=None, help="hyper steps per model")),
+    ]),
+}
+_COMMON = ("dataset", "data_root", "seed", "device", "out")
+
+
+def _run_study(args: argparse.Namespace) -> dict:
+    import optuna_ift.experiments as experiments
+
+    function_name, _, options = _STUDIES[args.command]
+    kwargs = {name: getattr(args, name) for name in _COMMON}
+    kwargs["show_progress"] = not args.no_progress
+    for flag, _ in options:
+        name = flag.lstrip("-").replace("-", "_")
+        value = getattr(args, name)
+        if value is not None and value is not False:
+            kwargs[name] = value
+    if args.download:
+        kwargs["download"] = True
+    return getattr(experiments, function_name)(**kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optuna-ift",
@@ -48,6 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=_compare_inverse)
+
+    for command, (_, help_text, options) in _STUDIES.items():
+        p = commands.add_parser(command, help=help_text, description=help_text)
+        p.add_argument("--dataset", default="digits",
+                       choices=("digits", "mnist", "fashion-mnist", "cifar10"),
+                       help="digits is embedded; the others are read from --data-root")
+        p.add_argument("--data-root", default=None,
+                       help="folder in torchvision's layout (MNIST/raw, FashionMNIST/raw, "
+                       "cifar-10-batches-py)")
+        p.add_argument("--download", action="store_true",
+                       help="let torchvision download the data set into --data-root")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", ...')
+        p.add_argument("--out", default=f"runs/{command}",
+                       help="folder for results.json and PNGs")
+        p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+        for flag, keywords in options:
+            p.add_argument(flag, **keywords)
+        p.set_defaults(run=_run_study)
     return parser
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from optuna_ift.hypergrad import (
     Neumann,
+    NeumannDivergenceWarning,
     Solver,
     hypergradient,
     power_iteration,
@@ -273,6 +275,7 @@ class HyperTrainer:
         self.hyper_step = 0
         self.weight_step = 0
         self._alpha: float | None = None
+        self.alpha_refreshes = 0  # times a stale Neumann alpha was re-estimated early
         self._stop = False
 
     # -- the two kinds of step ------------------------------------------------------------
@@ -307,23 +310,44 @@ class HyperTrainer:
         return torch.stack(losses).mean()
 
     def _solver_for_step(self) -> Solver:
-        """The solver, with ``Neumann(alpha="auto")``'s eigenvalue estimate cached: estimated
-        from the step's own ``v`` every ``alpha_every`` hyper steps, reused in between."""
+        """The solver, with ``Neumann(alpha="auto")``'s eigenvalue estimate cached.
+
+        The estimate is made from the step's own ``v`` every ``alpha_every`` hyper steps and
+        reused in between. If a series with the cached ``alpha`` diverges, the estimate is
+        refreshed at once; when the top eigenvalue did grow (the cached ``alpha`` was stale)
+        the series is solved again with the new ``alpha``, otherwise the divergence comes from
+        negative curvature and the cut-off series stands, with its warning.
+        """
         solver = self.solver
         if not (isinstance(solver, Neumann) and solver.alpha == "auto"):
             return solver
-        if self._alpha is not None and self.hyper_step % self.alpha_every != 0:
-            return dataclasses.replace(solver, alpha=self._alpha)
 
-        def estimate_then_solve(hvp, v):
+        def estimate(hvp, v) -> float | None:
             lam = float(power_iteration(hvp, v, steps=solver.power_steps))
-            if math.isfinite(lam) and lam > 0:
-                self._alpha = 1.0 / lam
-            if self._alpha is None:
-                return solver(hvp, v)  # it warns and falls back to the identity
-            return dataclasses.replace(solver, alpha=self._alpha)(hvp, v)
+            return 1.0 / lam if math.isfinite(lam) and lam > 0 else None
 
-        return estimate_then_solve
+        def solve(hvp, v):
+            due = self._alpha is None or self.hyper_step % self.alpha_every == 0
+            if due:
+                self._alpha = estimate(hvp, v) or self._alpha
+                if self._alpha is None:
+                    return solver(hvp, v)  # it warns and falls back to the identity
+                return dataclasses.replace(solver, alpha=self._alpha)(hvp, v)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = dataclasses.replace(solver, alpha=self._alpha)(hvp, v)
+            diverged = any(issubclass(w.category, NeumannDivergenceWarning) for w in caught)
+            if diverged:
+                fresh = estimate(hvp, v)
+                if fresh is not None and fresh < 0.9 * self._alpha:
+                    self._alpha = fresh
+                    self.alpha_refreshes += 1
+                    return dataclasses.replace(solver, alpha=fresh)(hvp, v)
+            for w in caught:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            return result
+
+        return solve
 
     def _hypergradient(self) -> tuple[tuple[Tensor, ...], float, float]:
         """``(hypergradient, train loss, validation loss)`` at the current weights."""

@@ -78,3 +78,15 @@ def test_readme_example_runs():
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
     grad = namespace["grad"]
     assert grad.shape == (5,) and bool(grad.isfinite().all()) and float(grad.abs().sum()) > 0
+
+
+def test_readme_trainer_example_runs():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("## Tuning while training")[1].split("```python")[1].split("```")[0]
+    code = block.replace("hyper_steps=200", "hyper_steps=3").replace(
+        "inner_steps=10,", "inner_steps=10, progress=False,")
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    history = namespace["history"]
+    assert len(history.hyper_steps) == 3 and history.skipped == 0
+    assert namespace["trainer"].hyperparameters[0].numel() == 128 * 64

@@ -231,3 +231,18 @@ def test_arguments_are_checked():
         make_trainer(autocast=torch.float64)
     with pytest.raises(TypeError, match="solver"):
         make_trainer(solver="neumann")
+
+
+def test_stale_neumann_alpha_is_refreshed_on_divergence():
+    import warnings
+
+    trainer = make_trainer(solver=Neumann(steps=5, alpha="auto"), alpha_every=1000)
+    trainer.fit(1)  # the first hyper step estimates alpha = 1 / lambda_max
+    fresh = trainer._alpha
+    trainer._alpha = 50 * fresh  # as if the Hessian had grown 50-fold since the estimate
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the refreshed series converges: nothing to warn about
+        trainer.fit(2)
+    assert trainer.alpha_refreshes == 1
+    assert trainer._alpha == pytest.approx(fresh, rel=0.5)
+    assert trainer.history.skipped == 0

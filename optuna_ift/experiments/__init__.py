@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from optuna_ift.experiments.compare_inverse import compare_inverse
+from optuna_ift.experiments.overfit import overfit
 
-__all__ = ["compare_inverse"]
+__all__ = ["compare_inverse", "overfit"]

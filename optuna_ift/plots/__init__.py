@@ -7,5 +7,6 @@ import matplotlib
 matplotlib.use("Agg")  # files only: works on machines without a display
 
 from optuna_ift.plots._inverse import plot_inverse_comparison  # noqa: E402
+from optuna_ift.plots._overfit import plot_overfit, plot_overfit_decays  # noqa: E402
 
-__all__ = ["plot_inverse_comparison"]
+__all__ = ["plot_inverse_comparison", "plot_overfit", "plot_overfit_decays"]
