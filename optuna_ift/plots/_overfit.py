@@ -21,7 +21,7 @@ _SPLIT_STYLE = {
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -39,7 +39,7 @@ def plot_overfit(results: dict[str, Any], path: str | Path) -> Path:
     the hyper step at which validation accuracy first reached 100%.
     """
     kinds = results["models"]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds) + 0.6, 4.4),
+    fig, axes = plt.subplots(1, len(kinds), figsize=(max(4.6 * len(kinds) + 0.6, 9.0), 4.4),
                              sharey=True, constrained_layout=True, squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         result = results["per_model"][kind]
