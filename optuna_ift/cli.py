@@ -46,6 +46,10 @@ _STUDIES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
                           default=["linear", "mlp", "cnn"], help="classifiers to run")),
         ("--hyper-steps", dict(type=_positive_int, default=None, help="hyper steps per model")),
     ]),
+    "distill": ("distill", "Fig. 6: distil the training set into one learned image per class", [
+        ("--hyper-steps", dict(type=_positive_int, default=None, help="hyper steps")),
+        ("--learn-labels", dict(action="store_true", help="also learn soft labels")),
+    ]),
 }
 _COMMON = ("dataset", "data_root", "seed", "device", "out")
 

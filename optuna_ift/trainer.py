@@ -183,7 +183,8 @@ class HyperTrainer:
         alpha_every: How often ``Neumann(alpha="auto")`` re-estimates the eigenvalue.
         eval_data: Named data sets to evaluate (``{"val": ..., "test": ...}``); their loss is
             ``val_loss`` and, if given, their ``metric``.
-        eval_every: Evaluate every this many hyper steps; ``None``: at each training epoch.
+        eval_every: Evaluate every this many hyper steps; ``None``: at each training epoch
+            (every hyper step when there is no ``train_data``).
         metric: ``metric(model, batch) -> scalar`` averaged in evaluations, e.g. :func:`accuracy`.
         device: ``"auto"`` (CUDA when present), or any ``torch.device``.
         autocast: ``torch.bfloat16`` or ``torch.float16`` to run the weight steps' forward
@@ -286,17 +287,27 @@ class HyperTrainer:
     def _weight_step(self) -> tuple[float, bool]:
         batch, finished = self._next_train()
         self.model.train()
-        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
-                            enabled=self.autocast is not None):
-            loss = self.train_loss_fn(self.model, batch)
-        self.weight_optimizer.zero_grad(set_to_none=True)
-        if self._scaler is not None:
-            self._scaler.scale(loss).backward(inputs=self.weights)
-            self._scaler.step(self.weight_optimizer)
-            self._scaler.update()
+
+        def closure() -> Tensor:
+            with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
+                                enabled=self.autocast is not None):
+                loss = self.train_loss_fn(self.model, batch)
+            self.weight_optimizer.zero_grad(set_to_none=True)
+            if self._scaler is not None:
+                self._scaler.scale(loss).backward(inputs=self.weights)
+            else:
+                loss.backward(inputs=self.weights)
+            return loss
+
+        if isinstance(self.weight_optimizer, torch.optim.LBFGS):
+            loss = self.weight_optimizer.step(closure)  # re-evaluates the loss as it needs
         else:
-            loss.backward(inputs=self.weights)
-            self.weight_optimizer.step()
+            loss = closure()
+            if self._scaler is not None:
+                self._scaler.step(self.weight_optimizer)
+                self._scaler.update()
+            else:
+                self.weight_optimizer.step()
         self.weight_step += 1
         return float(loss.detach()), finished
 
@@ -463,7 +474,8 @@ class HyperTrainer:
         while self.weight_step < self.warmup_steps:
             self._weight_step()
         bar = tqdm(total=hyper_steps, initial=min(self.hyper_step, hyper_steps),
-                   desc="hyper steps", disable=not self.progress, dynamic_ncols=True)
+                   desc="hyper steps", disable=not self.progress, dynamic_ncols=True,
+                   leave=False)
         try:
             while self.hyper_step < hyper_steps and not self._stop:
                 epoch_ended = False

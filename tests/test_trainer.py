@@ -246,3 +246,15 @@ def test_stale_neumann_alpha_is_refreshed_on_divergence():
     assert trainer.alpha_refreshes == 1
     assert trainer._alpha == pytest.approx(fresh, rel=0.5)
     assert trainer.history.skipped == 0
+
+
+def test_lbfgs_weight_optimizer_gets_its_closure():
+    data = blobs(200, seed=1)
+    trainer = make_trainer(weight_optimizer=lambda p: torch.optim.LBFGS(
+        p, max_iter=100, tolerance_grad=1e-9, line_search_fn="strong_wolfe"),
+        inner_steps=1, batch_size=200, train_data=data)
+    trainer.fit(3)
+    trainer._weight_step()  # full batch: L-BFGS, given its closure, solves the inner problem
+    grads = torch.autograd.grad(train_loss(trainer.model, data), trainer.weights)
+    assert max(float(g.abs().max()) for g in grads) < 1e-4
+    assert trainer.history.skipped == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from optuna_ift.experiments.compare_inverse import compare_inverse
+from optuna_ift.experiments.distill import distill
 from optuna_ift.experiments.overfit import overfit
 
-__all__ = ["compare_inverse", "overfit"]
+__all__ = ["compare_inverse", "distill", "overfit"]
