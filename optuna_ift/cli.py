@@ -50,6 +50,11 @@ _STUDIES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
         ("--hyper-steps", dict(type=_positive_int, default=None, help="hyper steps")),
         ("--learn-labels", dict(action="store_true", help="also learn soft labels")),
     ]),
+    "augment": ("augment", "Table 3 / Fig. 7: learn a data-augmentation network", [
+        ("--seeds", dict(type=_positive_int, default=None, help="number of seeds per method")),
+        ("--hyper-steps", dict(type=_positive_int, default=None, help="hyper steps per run")),
+        ("--n-train", dict(type=_positive_int, default=None, help="labelled training examples")),
+    ]),
 }
 _COMMON = ("dataset", "data_root", "seed", "device", "out")
 

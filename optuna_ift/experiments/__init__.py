@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from optuna_ift.experiments.augment import augment
 from optuna_ift.experiments.compare_inverse import compare_inverse
 from optuna_ift.experiments.distill import distill
 from optuna_ift.experiments.overfit import overfit
 
-__all__ = ["compare_inverse", "distill", "overfit"]
+__all__ = ["augment", "compare_inverse", "distill", "overfit"]

@@ -6,11 +6,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: works on machines without a display
 
+from optuna_ift.plots._augment import plot_augment_accuracy, plot_augmentations  # noqa: E402
 from optuna_ift.plots._distill import plot_distill_curve, plot_distilled_images  # noqa: E402
 from optuna_ift.plots._inverse import plot_inverse_comparison  # noqa: E402
 from optuna_ift.plots._overfit import plot_overfit, plot_overfit_decays  # noqa: E402
 
 __all__ = [
+    "plot_augment_accuracy",
+    "plot_augmentations",
     "plot_distill_curve",
     "plot_distilled_images",
     "plot_inverse_comparison",
