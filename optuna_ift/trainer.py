@@ -172,7 +172,10 @@ class HyperTrainer:
         val_batch_size: Validation mini-batch size; defaults to ``batch_size``.
         weight_optimizer: ``factory(weights) -> Optimizer``; default Adam, learning rate 1e-4
             (the paper's choice for CNNs).
-        hyper_optimizer: ``factory(hyperparameters) -> Optimizer``; default RMSprop, 1e-2.
+        hyper_optimizer: ``factory(hyperparameters) -> Optimizer``; default RMSprop, 1e-2
+            (the paper's choice for decays and dropout rates). RMSprop's first steps move every
+            hyperparameter by about ten times its learning rate: for hyperparameters that are
+            network weights (``AugmentationNet``) use Adam with a learning rate near 1e-3.
         solver: An inverse-HVP solver from :mod:`optuna_ift.hypergrad`, or :class:`Unrolled`.
             ``Neumann(alpha="auto")`` is handled specially: the top eigenvalue is re-estimated
             only every ``alpha_every`` hyper steps, so a hyper step costs ``steps`` HVPs, not
