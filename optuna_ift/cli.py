@@ -36,7 +36,17 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-# The vision studies: subcommand -> (function in optuna_ift.experiments, help, own options).
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError("must name at least one number")
+    return values
+
+
+# The studies on classification data: subcommand -> (function in optuna_ift.experiments, help, own options).
 # Each option is (flag, add_argument keywords); its value goes to the function argument of the
 # same name. --dataset, --data-root, --download, --seed, --device, --out and --no-progress are
 # common to all of them.
@@ -54,6 +64,14 @@ _STUDIES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
         ("--seeds", dict(type=_positive_int, default=None, help="number of seeds per method")),
         ("--hyper-steps", dict(type=_positive_int, default=None, help="hyper steps per run")),
         ("--n-train", dict(type=_positive_int, default=None, help="labelled training examples")),
+    ]),
+    "split-ratio": ("split_ratio", "Fig. 9: the best validation share with one decay or many", [
+        ("--sizes", dict(type=_int_list, default=None,
+                         help="training-pool sizes, comma-separated (e.g. 1000,5000)")),
+        ("--fractions", dict(type=_float_list, default=None,
+                             help="validation fractions, comma-separated (e.g. 0.1,0.3,0.5)")),
+        ("--seeds", dict(type=_positive_int, default=None, help="number of seeds")),
+        ("--max-iter", dict(type=_positive_int, default=None, help="hyper steps per fit")),
     ]),
 }
 _COMMON = ("dataset", "data_root", "seed", "device", "out")

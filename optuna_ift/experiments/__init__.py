@@ -6,5 +6,6 @@ from optuna_ift.experiments.augment import augment
 from optuna_ift.experiments.compare_inverse import compare_inverse
 from optuna_ift.experiments.distill import distill
 from optuna_ift.experiments.overfit import overfit
+from optuna_ift.experiments.split_ratio import split_ratio
 
-__all__ = ["augment", "compare_inverse", "distill", "overfit"]
+__all__ = ["augment", "compare_inverse", "distill", "overfit", "split_ratio"]

@@ -1,0 +1,131 @@
+"""``IFTLogisticRegression`` against scikit-learn's ``LogisticRegressionCV``, side by side.
+
+Both estimators see the same training set and are scored on the same test set:
+
+* digits: scikit-learn's embedded 8x8 digits, 80 % train / 20 % test (``load_dataset``,
+  standardised with the training mean and deviation);
+* MNIST: ``--mnist-train`` examples drawn from the official training set (``--data-root``,
+  default ``../shared/data``) and the official 10,000 test images, standardised likewise.
+
+``IFTLogisticRegression`` learns one global decay (``1 / C``) on a 20 % validation split by
+implicit hypergradients and re-trains on all the training data; ``LogisticRegressionCV``
+searches its default 10 values of ``C`` by 5-fold cross-validation (L-BFGS, ``max_iter=100``)
+and re-fits. After one small warm-up fit of each, fits run interleaved (``--repeats`` rounds, alternating order); the table shows
+the median fit time, the test accuracy, and the ratios ours / theirs. Float32 features for
+both (each keeps float32).
+
+Run ``python benchmarks/bench_sklearn.py --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegressionCV
+
+from optuna_ift.data import load_dataset
+from optuna_ift.sklearn import IFTLogisticRegression
+
+
+def _data(name: str, root: str, n_train: int | None, seed: int):
+    if name == "digits":
+        d = load_dataset("digits", val_fraction=0.1, seed=seed, dtype=torch.float32)
+        X = np.concatenate([d.X_train.flatten(1).numpy(), d.X_val.flatten(1).numpy()])
+        y = np.concatenate([d.y_train.numpy(), d.y_val.numpy()])
+    else:
+        d = load_dataset(name, root=root, n_train=n_train, seed=seed, dtype=torch.float32)
+        X, y = d.X_train.flatten(1).numpy(), d.y_train.numpy()
+    return X, y, d.X_test.flatten(1).numpy(), d.y_test.numpy()
+
+
+def _fit(make, X, y, X_test, y_test) -> tuple[float, float, int, object]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        started = time.perf_counter()
+        model = make().fit(X, y)
+        seconds = time.perf_counter() - started
+    not_converged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return seconds, float(model.score(X_test, y_test)), not_converged, model
+
+
+def run(dataset: str, args: argparse.Namespace) -> dict:
+    X, y, X_test, y_test = _data(dataset, args.data_root, args.mnist_train, args.seed)
+    makers = {
+        "IFTLogisticRegression": lambda: IFTLogisticRegression(
+            weight_decay="global", random_state=args.seed, device=args.device),
+        "LogisticRegressionCV": lambda: LogisticRegressionCV(n_jobs=1),
+    }
+    if args.per_weight:
+        makers["IFT per_weight"] = lambda: IFTLogisticRegression(
+            weight_decay="per_weight", random_state=args.seed, device=args.device,
+            validation_fraction=0.5)
+    # Warm-up: the first torch call of a process pays one-off start-up costs.
+    for make in makers.values():
+        _fit(make, X[:200], y[:200], X_test[:10], y_test[:10])
+    times = {k: [] for k in makers}
+    rows = {}
+    for r in range(args.repeats):
+        order = list(makers) if r % 2 == 0 else list(reversed(makers))
+        for name in order:
+            seconds, acc, warned, model = _fit(makers[name], X, y, X_test, y_test)
+            times[name].append(seconds)
+            c = (1.0 / model.weight_decay_ if isinstance(model, IFTLogisticRegression)
+                 and model.weight_decay == "global" else
+                 float(model.C_[0]) if hasattr(model, "C_") else float("nan"))
+            rows[name] = {"test_accuracy": acc, "C": c, "convergence_warnings": warned}
+    for name in makers:
+        rows[name]["fit_seconds_median"] = statistics.median(times[name])
+        rows[name]["fit_seconds_all"] = times[name]
+    ours, theirs = rows["IFTLogisticRegression"], rows["LogisticRegressionCV"]
+    summary = {
+        "accuracy_difference": ours["test_accuracy"] - theirs["test_accuracy"],
+        "time_ratio": ours["fit_seconds_median"] / theirs["fit_seconds_median"],
+    }
+    print(f"\n== {dataset}: n_train={len(y)}, n_test={len(y_test)}, "
+          f"n_features={X.shape[1]}, repeats={args.repeats}")
+    print(f"{'estimator':24s} {'test acc':>9s} {'fit s':>8s} {'C':>10s} {'conv.warn':>9s}")
+    for name, row in rows.items():
+        print(f"{name:24s} {row['test_accuracy']:9.4f} {row['fit_seconds_median']:8.2f} "
+              f"{row['C']:10.4g} {row['convergence_warnings']:9d}")
+    print(f"ours - theirs accuracy: {summary['accuracy_difference']:+.4f} "
+          f"({'matches or beats' if summary['accuracy_difference'] >= 0 else 'below'}); "
+          f"time ratio ours / theirs: {summary['time_ratio']:.2f}x "
+          f"({'HOLDS' if summary['time_ratio'] <= 3 else 'FAILS'} <= 3x)")
+    return {"n_train": len(y), "n_test": len(y_test), "rows": rows, **summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["digits", "mnist"],
+                        choices=("digits", "mnist", "fashion-mnist"))
+    parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[1]
+                                                    / ".." / "shared" / "data"))
+    parser.add_argument("--mnist-train", type=int, default=10000,
+                        help="training examples drawn from MNIST (default 10000)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--per-weight", action="store_true",
+                        help="also fit IFTLogisticRegression with a decay per weight")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{platform.processor() or platform.machine()}, python {sys.version.split()[0]}")
+    results = {name: run(name, args) for name in args.datasets}
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
