@@ -44,6 +44,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import Tensor
 
+from optuna_ift._validation import check_int as _check_int
+from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.hypergrad import ConjugateGradient, Exact, Identity, Neumann, hypergradient
 
 __all__ = ["IFTLogisticRegression", "IFTRidge", "validation_split_curve"]
@@ -60,20 +62,6 @@ _FINAL_STEPS = 300
 # ------------------------------------------------------------------------------------------
 # Argument checks
 # ------------------------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-        math.isfinite(value) and value > 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
 def _check_fraction(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
         raise ValueError(f"{name} must be a number in the open interval (0, 1), got {value!r}")

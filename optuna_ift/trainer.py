@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
+from optuna_ift._validation import check_int as _check_int
 from optuna_ift.hypergrad import (
     Neumann,
     NeumannDivergenceWarning,
@@ -140,13 +141,6 @@ def _as_tensors(name: str, data: Any, device: torch.device) -> Batch:
     if data[0].shape[0] == 0:
         raise ValueError(f"{name} is empty")
     return tuple(t.to(device) for t in data)
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
 
 def _total_norm(tensors: Sequence[Tensor]) -> float:
     return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t)

@@ -36,6 +36,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from optuna_ift._validation import check_int as _check_int
+from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.data import DATASETS, load_dataset
 from optuna_ift.experiments._common import progress, write_results
 from optuna_ift.experiments._models import make_classifier
@@ -128,22 +130,6 @@ def _noise_maker(scale: float, device: torch.device, seed: int
         return scale * torch.randn(shape, generator=generator, device=device, dtype=x.dtype)
 
     return noise
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        relation = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {relation}, got {value!r}")
-    return float(value)
-
-
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     t = torch.tensor(list(values), dtype=torch.float64)
     std = float(t.std()) if t.numel() > 1 else 0.0

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from optuna_ift._validation import check_int as _check_int
+from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.data import load_dataset
 from optuna_ift.experiments._common import write_results
 from optuna_ift.experiments._models import make_classifier
@@ -196,22 +198,6 @@ class _StepSchedule(Callback):
 
     def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
         self.scheduler.step()
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _check_positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and value > 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 def distill(
     *,
     dataset: str = "digits",

@@ -34,12 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from optuna_ift._validation import check_int as _check_int
+from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.data import load_dataset
 from optuna_ift.experiments._common import progress, write_results
 from optuna_ift.experiments._models import MODEL_KINDS, make_classifier
 from optuna_ift.hypergrad import Neumann, NeumannDivergenceWarning
 from optuna_ift.hyperparams import WeightDecay, split_parameters
-from optuna_ift.trainer import Callback, HyperTrainer, accuracy, resolve_device
+from optuna_ift.trainer import Callback, HyperTrainer, resolve_device
 
 __all__ = ["overfit"]
 
@@ -75,22 +77,6 @@ class _Bar(Callback):
 
     def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
         self.bar.update(1)
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _check_positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and value > 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 def _check_models(models: Any) -> tuple[str, ...]:
     allowed = ", ".join(map(repr, MODEL_KINDS))
     if isinstance(models, str) or not isinstance(models, Sequence) or not models:

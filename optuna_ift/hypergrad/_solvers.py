@@ -29,6 +29,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from optuna_ift._validation import check_int as _check_int
+from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.hypergrad import _tensors as T
 
 HVP = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
@@ -53,20 +55,6 @@ class NeumannDivergenceWarning(RuntimeWarning):
 
 class NonPositiveCurvatureWarning(RuntimeWarning):
     """Conjugate gradient met a direction of zero or negative curvature and stopped there."""
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and value > 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
 def _rounding_slack(v: tuple[Tensor, ...]) -> float:
     """A relative change below this is rounding, not growth, in the dtype of ``v``."""
     return math.sqrt(torch.finfo(v[0].dtype).eps)
@@ -111,7 +99,7 @@ class Identity:
 
 @dataclass(frozen=True)
 class Neumann:
-    """Truncated Neumann series (Algorithm 3): ``H^-1 v ~= alpha * sum_{j<=steps} (I - alpha H)^j v``.
+    """Truncated Neumann series (Algorithm 3): ``H^-1 v ~= alpha sum_{j<=steps} (I - alpha H)^j v``.
 
     The series converges when ``0 < alpha * eigenvalue < 2`` for every eigenvalue of ``H`` that
     ``v`` touches; then the error falls geometrically with ``steps``. If a term grows, the Hessian
