@@ -93,6 +93,24 @@ def _run_study(args: argparse.Namespace) -> dict:
     return getattr(experiments, function_name)(**kwargs)
 
 
+def _demo(args: argparse.Namespace) -> dict:
+    from optuna_ift.experiments import demo
+
+    return demo(n_trials=args.n_trials, out=args.out, storage=args.storage,
+                hyper_steps=args.hyper_steps, seed=args.seed, device=args.device,
+                show_progress=not args.no_progress, timeout=args.timeout)
+
+
+def _worker(args: argparse.Namespace) -> dict:
+    from optuna_ift.experiments import run_worker
+
+    return run_worker(storage=args.storage, study_name=args.study_name, n_trials=args.n_trials,
+                      out=args.out, seed=args.seed, device=args.device,
+                      heartbeat_interval=args.heartbeat_interval,
+                      grace_period=args.grace_period, total_trials=args.total_trials,
+                      hyper_steps=args.hyper_steps, checkpoint_every=args.checkpoint_every)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optuna-ift",
@@ -100,6 +118,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser(
+        "demo",
+        help="the main job: a hybrid Optuna study on digits, IFT tuning a decay per weight",
+        description="TPE (through HybridSampler) tunes the learning rate, width and inner steps; "
+        "inside each trial implicit hypergradients tune one weight decay per weight. Writes the "
+        "study (journal file), artifacts, results.json and figures into --out.",
+    )
+    p.add_argument("--n-trials", type=_positive_int, default=40)
+    p.add_argument("--out", default="runs/demo", help="folder for the study, artifacts, figures")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL or journal file (default: OUT/study.log)")
+    p.add_argument("--hyper-steps", type=_positive_int, default=60, help="hyper steps per trial")
+    p.add_argument("--timeout", type=float, default=None, help="stop starting trials after S s")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(run=_demo)
+
+    p = commands.add_parser(
+        "worker",
+        help="join a shared study (PostgreSQL, MySQL, SQLite or journal file) and run trials",
+        description="Run the demo objective in a shared study. Start one worker per GPU or "
+        "machine with the same --storage, --study-name and --out (artifacts are shared there). "
+        "Heartbeats fail a dead worker's trial, which is retried and resumes from its last "
+        "checkpoint.",
+    )
+    p.add_argument("--storage", required=True,
+                   help="e.g. postgresql://user@host/db, sqlite:///study.db, or a journal file")
+    p.add_argument("--study-name", default="optuna-ift-demo")
+    p.add_argument("--n-trials", type=_positive_int, required=True, help="trials this worker runs")
+    p.add_argument("--total-trials", type=_positive_int, default=None,
+                   help="stop when the study has this many finished trials")
+    p.add_argument("--out", default="runs/worker", help="shared folder of the artifacts")
+    p.add_argument("--hyper-steps", type=_positive_int, default=40)
+    p.add_argument("--checkpoint-every", type=_positive_int, default=10)
+    p.add_argument("--heartbeat-interval", type=_positive_int, default=10)
+    p.add_argument("--grace-period", type=_positive_int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="give each worker its own")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=_worker)
 
     p = commands.add_parser(
         "compare-inverse",

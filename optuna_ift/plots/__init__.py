@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: works on machines without a display
 
 from optuna_ift.plots._augment import plot_augment_accuracy, plot_augmentations  # noqa: E402
+from optuna_ift.plots._demo import plot_demo  # noqa: E402
 from optuna_ift.plots._distill import plot_distill_curve, plot_distilled_images  # noqa: E402
 from optuna_ift.plots._inverse import plot_inverse_comparison  # noqa: E402
 from optuna_ift.plots._overfit import plot_overfit, plot_overfit_decays  # noqa: E402
@@ -15,6 +16,7 @@ from optuna_ift.plots._split import plot_split_ratio  # noqa: E402
 __all__ = [
     "plot_augment_accuracy",
     "plot_augmentations",
+    "plot_demo",
     "plot_distill_curve",
     "plot_distilled_images",
     "plot_inverse_comparison",

@@ -1,0 +1,483 @@
+"""The demo: a hybrid Optuna study on scikit-learn's digits (embedded, nothing downloads).
+
+Optuna's sampler (TPE, wrapped in :class:`~optuna_ift.integration.HybridSampler`) tunes the
+three low-dimensional hyperparameters of a one-hidden-layer MLP: the learning rate of its
+weights, its width and the number of weight steps between hyper steps (the paper's N).
+Inside each trial, :class:`~optuna_ift.HyperTrainer` tunes one weight decay *per weight*
+(thousands of hyperparameters) by implicit hypergradients on the validation loss. Each trial
+reports its validation loss to a ``MedianPruner``, checkpoints its trainer and saves its
+learned decays as Optuna artifacts under ``out/artifacts``, and starts its decays from the
+best finished trial of the same width (warm start).
+
+:func:`make_objective` builds that objective; :func:`demo` runs a study with it and writes
+the results and figures; :func:`run_worker` joins a shared study with the same objective
+from any number of processes or machines (heartbeats, retries, resume from checkpoints).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import torch.nn.functional as F
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.trial import TrialState
+from torch import Tensor, nn
+
+from optuna_ift._validation import check_int as _check_int
+from optuna_ift._validation import check_positive as _check_positive
+from optuna_ift.data import ClassificationData, load_dataset
+from optuna_ift.experiments._common import write_results
+from optuna_ift.hypergrad import Neumann, NeumannDivergenceWarning
+from optuna_ift.hyperparams import WeightDecay
+from optuna_ift.integration._sampler import HybridSampler
+from optuna_ift.integration._trial import (
+    ATTR_LEARNED,
+    ATTR_RESUMED_FROM,
+    ATTR_WARM_START,
+    create_storage,
+    load_learned,
+    run_trainer,
+)
+from optuna_ift.trainer import HyperTrainer, accuracy, resolve_device
+
+__all__ = ["demo", "make_objective", "run_worker"]
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_STUDY_NAME = "optuna-ift-demo"
+
+
+class DecayedMLP(nn.Module):
+    """``Flatten -> Linear(width) -> ReLU -> Linear(classes)`` and a decay per weight."""
+
+    def __init__(self, in_features: int, width: int, num_classes: int, *,
+                 init_decay: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(),
+                                 nn.Linear(width, num_classes))
+        self.decay = WeightDecay(self.net, mode="per_weight", init=init_decay)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def _train_loss(model: DecayedMLP, batch: tuple[Tensor, ...]) -> Tensor:
+    return F.cross_entropy(model(batch[0]), batch[1]) + model.decay(model.net)
+
+
+def _val_loss(model: DecayedMLP, batch: tuple[Tensor, ...]) -> Tensor:
+    return F.cross_entropy(model(batch[0]), batch[1])
+
+
+def make_objective(
+    *,
+    data: ClassificationData,
+    artifact_store: Any,
+    hyper_steps: int = 40,
+    checkpoint_every: int | None = 10,
+    eval_every: int = 5,
+    neumann_steps: int = 3,
+    hyper_lr: float = 0.1,
+    init_decay: float = 1e-3,
+    batch_size: int = 256,
+    warm_start: bool = True,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    step_seconds: float = 0.0,
+) -> Callable[[optuna.Trial], float]:
+    """The demo's objective: sample lr, width, inner steps; IFT tunes a decay per weight.
+
+    Search space: ``lr`` (Adam on the weights, log-uniform in [1e-3, 3e-2]), ``width``
+    (hidden units, 32 to 128 by 32), ``inner_steps`` (weight steps per hyper step, 2 to 10).
+    The log-decays get Adam with ``hyper_lr``; hypergradients use
+    ``Neumann(neumann_steps, alpha="auto")``. The value is the final validation loss.
+
+    Args:
+        data: The data (train for the weights, val for the decays and the objective; test is
+            evaluated too and recorded as ``ift:final_test_metric``, the test accuracy).
+        artifact_store: Where learned decays and checkpoints go.
+        hyper_steps: Hyper steps per trial (raise it to make trials last longer).
+        checkpoint_every: Hyper steps between checkpoints (``None``: none).
+        eval_every: Hyper steps between evaluations (each is reported to the pruner).
+        neumann_steps: Hessian-vector products per hypergradient.
+        hyper_lr: Adam learning rate of the natural-log decays.
+        init_decay: Initial decay of every weight (when not warm-started).
+        batch_size: Training and validation mini-batch size.
+        warm_start: Start the decays from the best finished trial of the same width.
+        seed: Base seed; trial ``k`` initialises and batches with ``seed + k``.
+        device: ``"auto"`` (CUDA when present) or a ``torch.device``.
+        step_seconds: Sleep this long after each hyper step (only to make trials slow enough
+            to be interrupted in tests of distributed runs).
+    """
+    device_ = resolve_device(device)
+    data = data.to(device_)
+    in_features = math.prod(data.shape)
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 1e-3, 3e-2, log=True)
+        width = trial.suggest_int("width", 32, 128, step=32)
+        inner_steps = trial.suggest_int("inner_steps", 2, 10)
+        trial_seed = seed + trial.number
+        with torch.random.fork_rng(devices=[]):  # seeded init, global state untouched
+            torch.manual_seed(trial_seed)
+            model = DecayedMLP(in_features, width, data.num_classes, init_decay=init_decay)
+        callbacks = []
+        if step_seconds > 0:
+            callbacks.append(_Sleep(step_seconds))
+        trainer = HyperTrainer(
+            model, train_loss=_train_loss, val_loss=_val_loss,
+            train_data=(data.X_train, data.y_train), val_data=(data.X_val, data.y_val),
+            batch_size=batch_size,
+            weight_optimizer=lambda p: torch.optim.Adam(p, lr=lr),
+            hyper_optimizer=lambda p: torch.optim.Adam(p, lr=hyper_lr),
+            solver=Neumann(steps=neumann_steps, alpha="auto"), inner_steps=inner_steps,
+            alpha_every=10,
+            eval_data={"val": (data.X_val, data.y_val), "test": (data.X_test, data.y_test)},
+            eval_every=eval_every, metric=accuracy, device=device_, callbacks=callbacks,
+            progress=False, seed=trial_seed,
+        )
+        trial.set_user_attr("ift:pid", os.getpid())
+        return run_trainer(trial, trainer, hyper_steps=hyper_steps,
+                           artifact_store=artifact_store, checkpoint_every=checkpoint_every,
+                           warm_start=warm_start)
+
+    return objective
+
+
+class _Sleep:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
+        time.sleep(self.seconds)
+
+    def on_evaluation(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
+        pass
+
+
+def _dashboard_command(storage: str, artifacts: Path) -> str:
+    return f"optuna-dashboard {storage} --artifact-dir {artifacts}"
+
+
+def _summarise(study: optuna.Study, store: Any, *, top: int) -> dict[str, Any]:
+    trials = study.get_trials(deepcopy=False)
+    states = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE
+                       and t.value is not None and math.isfinite(t.value)),
+                      key=lambda t: (t.value, t.number))
+
+    def row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        a = t.user_attrs
+        return {"number": t.number, "val_loss": t.value, **t.params,
+                "val_accuracy": a.get("ift:final_val_metric"),
+                "test_accuracy": a.get("ift:final_test_metric"),
+                "num_decays": a.get("ift:num_hyperparameters"),
+                "mean_decay": a.get("ift:mean_decay"),
+                "warm_started_from": a.get(ATTR_WARM_START),
+                "resumed_from": a.get(ATTR_RESUMED_FROM),
+                "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+                if t.datetime_complete and t.datetime_start else None}
+
+    results: dict[str, Any] = {
+        "states": states,
+        "trials": [{"number": t.number, "state": t.state.name, "value": t.value,
+                    "params": t.params,
+                    "intermediate_values": {str(k): v
+                                            for k, v in sorted(t.intermediate_values.items())},
+                    "warm_started_from": t.user_attrs.get(ATTR_WARM_START),
+                    "resumed_from": t.user_attrs.get(ATTR_RESUMED_FROM)}
+                   for t in trials],
+        "best_trials": [row(t) for t in complete[:top]],
+        "warm_started_trials": sum(t.user_attrs.get(ATTR_WARM_START) is not None
+                                   for t in trials),
+        "resumed_trials": sum(ATTR_RESUMED_FROM in t.user_attrs for t in trials),
+        "importances": {},
+        "best": None,
+    }
+    if len(complete) >= 2:
+        try:
+            importances = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+            results["importances"] = {k: float(v) for k, v in importances.items()}
+        except Exception as error:  # too few distinct trials, say
+            _logger.info("parameter importances unavailable: %s", error)
+    if complete:
+        best = complete[0]
+        decays = {name: t.double().exp() for name, t in
+                  load_learned(study, best.number, store).items()}  # artifact round trip
+        log10 = torch.cat([d.flatten() for d in decays.values()]).log10()
+        results["best"] = {
+            **row(best),
+            "params": best.params,
+            "learned_artifact": best.user_attrs.get(ATTR_LEARNED),
+            "log10_decays": log10.tolist(),
+            "log10_decay_quantiles": {
+                str(q): float(log10.quantile(q)) for q in (0.0, 0.1, 0.5, 0.9, 1.0)},
+            "validation_curve": {
+                "hyper_step": sorted(best.intermediate_values),
+                "val_loss": [best.intermediate_values[k]
+                             for k in sorted(best.intermediate_values)],
+            },
+        }
+    return results
+
+
+def _format_table(rows: list[dict[str, Any]]) -> str:
+    columns = [("number", "trial", "{:d}"), ("val_loss", "val loss", "{:.4f}"),
+               ("val_accuracy", "val acc", "{:.1%}"), ("test_accuracy", "test acc", "{:.1%}"),
+               ("lr", "lr", "{:.2e}"), ("width", "width", "{:d}"),
+               ("inner_steps", "inner", "{:d}"), ("num_decays", "decays", "{:,d}"),
+               ("mean_decay", "mean decay", "{:.2e}"),
+               ("warm_started_from", "warm from", "{:d}")]
+
+    def cell(row: dict[str, Any], key: str, fmt: str) -> str:
+        value = row.get(key)
+        return "-" if value is None else fmt.format(value)
+
+    cells = [[title for _, title, _ in columns]] + [
+        [cell(r, key, fmt) for key, _, fmt in columns] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _open_storage(storage: str | None, out: Path, **heartbeat: Any) -> tuple[Any, str]:
+    """``(storage object, the string optuna-dashboard takes)``."""
+    if storage is None:
+        storage = str(out / "study.log")
+    if storage.startswith("journal://"):
+        storage = storage[len("journal://"):]
+    return create_storage(storage, **heartbeat), storage
+
+
+def demo(
+    *,
+    n_trials: int = 40,
+    out: str | Path = "runs/demo",
+    storage: str | None = None,
+    study_name: str = DEFAULT_STUDY_NAME,
+    hyper_steps: int = 60,
+    seed: int = 0,
+    device: str = "auto",
+    show_progress: bool = True,
+    timeout: float | None = None,
+    top: int = 5,
+) -> dict[str, Any]:
+    """Run the demo study and write ``results.json`` and figures to ``out``.
+
+    Args:
+        n_trials: Trials to run (added to the study if it already exists in ``storage``).
+        out: Folder of the results, the figures, the artifacts (``out/artifacts``) and, by
+            default, the study (the journal file ``out/study.log``).
+        storage: An Optuna storage URL (``sqlite:///...``, ``postgresql://...``) or a journal
+            file path; ``None``: ``out/study.log``.
+        study_name: Name of the study in the storage.
+        hyper_steps: Hyper steps per trial.
+        seed: Seed of the sampler, the data split and the trials.
+        device: ``"auto"`` (CUDA when present) or a ``torch.device`` string.
+        show_progress: Show Optuna's progress bar.
+        timeout: Stop starting trials after this many seconds.
+        top: Rows of the table of best trials.
+
+    Returns:
+        The results (also in ``out/results.json``): trial states, the best trials, the
+        parameter importances, the best trial's learned decays (log10) and validation curve,
+        the storage and the ``optuna-dashboard`` command, ``seconds``.
+    """
+    _check_int("n_trials", n_trials, 1)
+    _check_int("hyper_steps", hyper_steps, 1)
+    _check_int("seed", seed, 0)
+    _check_int("top", top, 1)
+    if timeout is not None:
+        _check_positive("timeout", timeout)
+    if not isinstance(show_progress, bool):
+        raise TypeError(f"show_progress must be a bool, got {type(show_progress).__name__}")
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts = out / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    store = FileSystemArtifactStore(str(artifacts))
+    storage_obj, storage_str = _open_storage(storage, out)
+    data = load_dataset("digits", seed=seed)
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar replaces per-trial logs
+    study = optuna.create_study(
+        storage=storage_obj, study_name=study_name, direction="minimize",
+        sampler=HybridSampler(optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=10),
+        load_if_exists=True,
+    )
+    before = len(study.get_trials(deepcopy=False))
+    objective = make_objective(data=data, artifact_store=store, hyper_steps=hyper_steps,
+                               seed=seed + before, device=device)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NeumannDivergenceWarning)
+            study.optimize(objective, n_trials=n_trials, timeout=timeout,
+                           show_progress_bar=show_progress, gc_after_trial=False)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    cutoffs = sum(issubclass(w.category, NeumannDivergenceWarning) for w in caught)
+    for w in caught:
+        if not issubclass(w.category, NeumannDivergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    summary = _summarise(study, store, top=top)
+    dashboard = _dashboard_command(storage_str, artifacts)
+    results: dict[str, Any] = {
+        "study": "demo",
+        "study_name": study_name,
+        "dataset": data.name,
+        "n_train": len(data.y_train), "n_val": len(data.y_val), "n_test": len(data.y_test),
+        "storage": storage_str,
+        "artifacts": str(artifacts),
+        "dashboard": dashboard,
+        "settings": {"n_trials": n_trials, "hyper_steps": hyper_steps, "seed": seed,
+                     "device": str(resolve_device(device)), "previous_trials": before,
+                     "sampler": "HybridSampler(TPESampler(n_startup_trials=8))",
+                     "pruner": "MedianPruner(n_startup_trials=5, n_warmup_steps=10)",
+                     "search_space": {"lr": "log-uniform [1e-3, 3e-2]",
+                                      "width": "32..128 step 32", "inner_steps": "2..10"},
+                     "inner": "a weight decay per weight, Adam(0.1) on log decays, "
+                              "Neumann(3, alpha='auto')"},
+        **summary,
+        "neumann_cutoffs": cutoffs,
+        "seconds": time.perf_counter() - started,
+    }
+    write_results(out, results)
+    from optuna_ift.plots._demo import plot_demo
+
+    results["figures"] = [str(p) for p in plot_demo(results, out)]
+    write_results(out, results)
+
+    print(f"\n{sum(results['states'].values())} trials in study {study_name!r} "
+          f"({', '.join(f'{v} {k.lower()}' for k, v in results['states'].items() if v)}); "
+          f"{results['warm_started_trials']} warm-started. Best trials:")
+    print(_format_table(results["best_trials"]))
+    print(f"\nresults and figures: {out}  ({results['seconds']:.0f} s)")
+    print(dashboard)
+    return results
+
+
+def run_worker(
+    *,
+    storage: str | optuna.storages.BaseStorage,
+    study_name: str = DEFAULT_STUDY_NAME,
+    n_trials: int,
+    out: str | Path,
+    seed: int = 0,
+    device: str = "auto",
+    heartbeat_interval: int = 10,
+    grace_period: int | None = None,
+    max_retry: int | None = 3,
+    total_trials: int | None = None,
+    hyper_steps: int = 40,
+    checkpoint_every: int = 10,
+    step_seconds: float = 0.0,
+    pruner: optuna.pruners.BasePruner | None = None,
+    data_seed: int = 0,
+) -> dict[str, Any]:
+    """Join (or create) a shared study and run the demo objective in it.
+
+    Start one per GPU or machine, with the same ``storage`` and ``study_name``: heartbeats
+    mark a dead worker's trial ``FAIL`` after ``grace_period`` seconds, and
+    :class:`optuna.storages.RetryFailedTrialCallback` queues it again; the worker that runs
+    the retry resumes its inner training from the dead trial's last checkpoint artifact
+    (artifacts go to ``out/artifacts``, which all workers must share).
+
+    Args:
+        storage: A database URL (PostgreSQL, MySQL, SQLite), a journal file path (heartbeats
+            are added to it by this package) or a storage object.
+        study_name: The shared study.
+        n_trials: Trials this worker runs (Optuna counts each worker separately).
+        out: Folder shared by all workers; artifacts go to ``out/artifacts``.
+        seed: Seed of this worker's sampler; give each worker its own.
+        device: ``"auto"``, ``"cuda:1"``, ... (one GPU per worker).
+        heartbeat_interval: Seconds between heartbeats.
+        grace_period: Seconds without heartbeat before a trial is failed (default twice the
+            interval).
+        max_retry: Retries of a trial that died (``None``: no limit).
+        total_trials: When given, the worker runs one trial at a time and only while the
+            study's finished (complete or pruned) plus running trials fall short of it (at
+            most ``n_trials`` new ones), always runs queued retries, and keeps polling for
+            stale trials of dead workers until the study holds ``total_trials`` finished
+            trials. Two workers can still both start a trial in the same instant, so the
+            count can be overshot by a race, never undershot.
+        hyper_steps: Hyper steps per trial.
+        checkpoint_every: Hyper steps between checkpoints.
+        step_seconds: Pause after each hyper step (to slow trials down in tests).
+        pruner: The study's pruner when this worker creates it; ``None``: the demo's
+            ``MedianPruner``. Use ``optuna.pruners.NopPruner()`` to count complete trials.
+        data_seed: Seed of the digits split; the same for all workers.
+
+    Returns:
+        ``{"study_name", "trials_run", "states"}``: this worker's trial numbers and the
+        study's trial counts by state when it stopped.
+    """
+    _check_int("n_trials", n_trials, 1)
+    if total_trials is not None:
+        _check_int("total_trials", total_trials, 1)
+    out = Path(out)
+    artifacts = out / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(str(artifacts))
+    storage_obj = create_storage(storage, heartbeat_interval=heartbeat_interval,
+                                 grace_period=grace_period, max_retry=max_retry)
+    study = optuna.create_study(
+        storage=storage_obj, study_name=study_name, direction="minimize",
+        sampler=HybridSampler(optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)),
+        pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=10),
+        load_if_exists=True,
+    )
+    data = load_dataset("digits", seed=data_seed)
+    objective = make_objective(data=data, artifact_store=store, hyper_steps=hyper_steps,
+                               checkpoint_every=checkpoint_every, seed=seed * 100_003,
+                               device=device, step_seconds=step_seconds)
+    done_states = (TrialState.COMPLETE, TrialState.PRUNED)
+    mine: list[int] = []
+
+    def remember(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        mine.append(trial.number)
+
+    if total_trials is None:
+        study.optimize(objective, n_trials=n_trials, callbacks=[remember],
+                       gc_after_trial=False)
+    else:
+        # One trial at a time, deciding before each whether the study still needs one: a
+        # queued retry always runs; a new trial only while finished + running trials fall
+        # short of total_trials. When only other workers' trials are running, wait: if their
+        # worker died, its heartbeat stops, the trial is failed and its retry queued here.
+        started = 0
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            done = sum(t.state in done_states for t in trials)
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            if done >= total_trials:
+                break
+            if waiting or (done + running < total_trials and started < n_trials):
+                study.optimize(objective, n_trials=1, callbacks=[remember],
+                               gc_after_trial=False)
+                started += not waiting
+            elif running:
+                time.sleep(max(0.5, heartbeat_interval / 2))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            else:
+                break
+    trials = study.get_trials(deepcopy=False)
+    return {"study_name": study_name, "trials_run": mine,
+            "states": {s.name: sum(t.state == s for t in trials) for s in TrialState}}

@@ -1,0 +1,691 @@
+"""Run a :class:`~optuna_ift.HyperTrainer` inside an Optuna trial.
+
+The low-dimensional hyperparameters are the trial's parameters; the high-dimensional ones
+(a decay per weight, a distilled data set, ...) are tuned by the trainer inside the trial and
+never become Optuna parameters. They travel as *artifacts* instead: files in an Optuna
+artifact store (a :class:`optuna.artifacts.FileSystemArtifactStore` by default in the demo)
+whose ids, shapes and a small summary are written to the trial's user attributes, where
+``optuna-dashboard`` and any later trial can find them.
+
+Design notes:
+
+- Learned tensors are written with ``safetensors`` (no pickle at all) when it is installed,
+  otherwise with ``torch.save``; trainer checkpoints are written with ``torch.save``. Every
+  ``torch.load`` here passes ``weights_only=True``, so loading an artifact never runs code.
+- Everything this module records lives under the ``"ift:"`` user-attribute prefix (the
+  constants below), so it survives :class:`optuna.storages.RetryFailedTrialCallback`, which
+  copies user attributes into the retried trial: a retried trial finds the last checkpoint of
+  the trial it replaces in its own attributes and resumes the inner training from there.
+- Optuna's ``report``/``should_prune`` run on every evaluation of the trainer, with the hyper
+  step as the step, so any Optuna pruner works unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import download_artifact, upload_artifact
+from optuna.trial import FrozenTrial, TrialState
+from torch import Tensor, nn
+
+from optuna_ift.hyperparams import HyperParameter, WeightDecay
+from optuna_ift.trainer import Callback, HyperTrainer
+
+__all__ = [
+    "ATTR_CHECKPOINT",
+    "ATTR_CHECKPOINT_STEP",
+    "ATTR_CHECKPOINT_TRIAL",
+    "ATTR_LEARNED",
+    "ATTR_RESUMED_AT_STEP",
+    "ATTR_RESUMED_FROM",
+    "ATTR_WARM_START",
+    "create_storage",
+    "IFTPruningCallback",
+    "learned_hyperparameters",
+    "load_checkpoint",
+    "load_learned",
+    "retry_history",
+    "run_trainer",
+    "save_checkpoint",
+    "save_learned",
+    "warm_start",
+]
+
+_logger = logging.getLogger(__name__)
+
+#: Artifact id of the learned hyperparameter tensors (set by :func:`save_learned`).
+ATTR_LEARNED = "ift:learned_artifact"
+#: ``{name: shape}`` of the learned tensors, so shapes can be matched without downloading.
+ATTR_SHAPES = "ift:shapes"
+#: Artifact id of the latest trainer checkpoint (set by :func:`save_checkpoint`).
+ATTR_CHECKPOINT = "ift:checkpoint_artifact"
+#: Hyper step at which that checkpoint was taken.
+ATTR_CHECKPOINT_STEP = "ift:checkpoint_hyper_step"
+#: Number of the trial that wrote that checkpoint (a retried trial inherits it).
+ATTR_CHECKPOINT_TRIAL = "ift:checkpoint_trial"
+#: Set by :func:`run_trainer` on a retried trial that resumed from a checkpoint.
+ATTR_RESUMED_FROM = "ift:resumed_from_trial"
+ATTR_RESUMED_AT_STEP = "ift:resumed_at_hyper_step"
+#: Number of the trial whose learned tensors warm-started this one (``None``: none did).
+ATTR_WARM_START = "ift:warm_started_from_trial"
+
+_RETRY_CALLBACK = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or getattr(
+    optuna.storages, "RetryFailedTrialCallback")
+
+
+# -- small pieces ------------------------------------------------------------------------------
+
+
+def learned_hyperparameters(model: nn.Module) -> dict[str, HyperParameter]:
+    """The model's :class:`~optuna_ift.HyperParameter` tensors, keyed by parameter name."""
+    if isinstance(model, HyperTrainer):
+        model = model.model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module or a HyperTrainer, "
+                        f"got {type(model).__name__}")
+    return {name: p for name, p in model.named_parameters() if isinstance(p, HyperParameter)}
+
+
+def _storage_of(trial: optuna.Trial | FrozenTrial, storage: Any) -> Any:
+    if storage is None and isinstance(trial, optuna.Trial):
+        storage = trial.storage
+    if storage is None:
+        raise ValueError("storage is required when trial is a FrozenTrial")
+    return storage
+
+
+def _set_user_attr(trial: optuna.Trial | FrozenTrial, storage: Any, key: str,
+                   value: Any) -> None:
+    if isinstance(trial, optuna.Trial):
+        trial.set_user_attr(key, value)
+    else:
+        storage.set_trial_user_attr(trial._trial_id, key, value)
+        trial.user_attrs[key] = value
+
+
+def _upload(trial: optuna.Trial | FrozenTrial, storage: Any, artifact_store: Any,
+            filename: str, write: Any) -> str:
+    with tempfile.TemporaryDirectory(prefix="optuna_ift_") as folder:
+        path = os.path.join(folder, filename)
+        write(path)
+        return upload_artifact(artifact_store=artifact_store, file_path=path,
+                               study_or_trial=trial, storage=storage)
+
+
+def _download(artifact_store: Any, artifact_id: str, read: Any) -> Any:
+    with tempfile.TemporaryDirectory(prefix="optuna_ift_") as folder:
+        path = os.path.join(folder, "artifact")
+        download_artifact(artifact_store=artifact_store, file_path=path,
+                          artifact_id=artifact_id)
+        return read(path)
+
+
+def _get_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    for trial in study.get_trials(deepcopy=False):
+        if trial.number == number:
+            return trial
+    raise ValueError(f"trial_number {number} is not a trial of study {study.study_name!r}")
+
+
+def _summary(tensors: Mapping[str, Tensor], model: nn.Module | None) -> dict[str, Any]:
+    """Count, norms and (for weight decays) the mean decay, as JSON-able user attributes."""
+    norms = {name: float(torch.linalg.vector_norm(t.detach().double()))
+             for name, t in tensors.items()}
+    summary: dict[str, Any] = {
+        "ift:num_hyperparameters": int(sum(t.numel() for t in tensors.values())),
+        "ift:num_tensors": len(tensors),
+        "ift:hyperparameter_norm": math.sqrt(sum(n * n for n in norms.values())),
+        "ift:hyperparameter_norms": norms,
+    }
+    decays = [m for m in model.modules() if isinstance(m, WeightDecay)] if model else []
+    if decays:
+        values = torch.cat([p.detach().double().exp().flatten()
+                            for m in decays for p in m.log_decays])
+        summary["ift:mean_decay"] = float(values.mean())
+        summary["ift:median_decay"] = float(values.median())
+    return summary
+
+
+# -- pruning -----------------------------------------------------------------------------------
+
+
+class IFTPruningCallback(Callback):
+    """Report each evaluation of the trainer to ``trial`` and prune through the study's pruner.
+
+    The value reported is ``record[monitor]`` (``"val_loss"`` for ``eval_data={"val": ...}``)
+    at step ``trainer.hyper_step``; when ``trial.should_prune()`` says so, the callback raises
+    :class:`optuna.TrialPruned`, which the trainer lets through to Optuna.
+
+    Args:
+        trial: The running trial.
+        monitor: Key of the evaluation record to report, ``"<eval_data name>_loss"`` or
+            ``"<eval_data name>_metric"``.
+    """
+
+    def __init__(self, trial: optuna.Trial, *, monitor: str = "val_loss") -> None:
+        if not isinstance(trial, optuna.Trial):
+            raise TypeError(f"trial must be an optuna.Trial, got {type(trial).__name__}")
+        self.trial = trial
+        self.monitor = monitor
+
+    def on_evaluation(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
+        if self.monitor not in record:
+            raise KeyError(f"monitor {self.monitor!r} is not in the evaluation record "
+                           f"(keys: {sorted(record)}); name an eval_data entry, e.g. "
+                           "eval_data={'val': ...} gives 'val_loss'")
+        value = float(record[self.monitor])
+        step = int(trainer.hyper_step)
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at hyper step {step} ({self.monitor}={value:.4g})")
+
+
+# -- learned tensors ---------------------------------------------------------------------------
+
+
+def _save_tensors(tensors: Mapping[str, Tensor], path: str) -> None:
+    plain = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    if path.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file(plain, path)
+    else:
+        torch.save(plain, path)
+
+
+def _load_tensors(path: str) -> dict[str, Tensor]:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    # A torch.save file is a zip archive ("PK"); anything else is read as safetensors.
+    if head[:2] == b"PK":
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        from safetensors.torch import load_file
+
+        tensors = load_file(path, device="cpu")
+    if not isinstance(tensors, dict) or not all(isinstance(t, Tensor) for t in tensors.values()):
+        raise ValueError("artifact does not hold a {name: tensor} mapping")
+    return dict(tensors)
+
+
+def _tensor_filename() -> str:
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        return "learned_hyperparameters.pt"
+    return "learned_hyperparameters.safetensors"
+
+
+def save_learned(
+    trial: optuna.Trial | FrozenTrial,
+    trainer: HyperTrainer | nn.Module,
+    artifact_store: Any,
+    *,
+    storage: Any = None,
+) -> str:
+    """Store the model's hyperparameter tensors as an artifact of ``trial``; summarise them.
+
+    The tensors (every :class:`~optuna_ift.HyperParameter` of the model, keyed by parameter
+    name) go to one safetensors file. The trial gets the user attributes ``ift:learned_artifact``
+    (the artifact id), ``ift:shapes``, ``ift:num_hyperparameters``, ``ift:num_tensors``,
+    ``ift:hyperparameter_norm`` (overall L2 norm), ``ift:hyperparameter_norms`` (per tensor)
+    and, when the model holds :class:`~optuna_ift.hyperparams.WeightDecay` modules,
+    ``ift:mean_decay`` and ``ift:median_decay`` (of the decays themselves, not their logs).
+
+    Args:
+        trial: The trial (a :class:`~optuna.trial.FrozenTrial` needs ``storage``).
+        trainer: The trainer, or the model itself.
+        artifact_store: An Optuna artifact store, e.g. ``FileSystemArtifactStore(folder)``.
+        storage: The study's storage, only for a ``FrozenTrial``.
+
+    Returns:
+        The artifact id.
+    """
+    storage = _storage_of(trial, storage)
+    model = trainer.model if isinstance(trainer, HyperTrainer) else trainer
+    tensors = learned_hyperparameters(model)
+    if not tensors:
+        raise ValueError("the model declares no HyperParameter: nothing to save")
+    artifact_id = _upload(trial, storage, artifact_store, _tensor_filename(),
+                          lambda path: _save_tensors(tensors, path))
+    _set_user_attr(trial, storage, ATTR_LEARNED, artifact_id)
+    _set_user_attr(trial, storage, ATTR_SHAPES,
+                   {name: list(t.shape) for name, t in tensors.items()})
+    for key, value in _summary(tensors, model).items():
+        _set_user_attr(trial, storage, key, value)
+    return artifact_id
+
+
+def load_learned(study: optuna.Study, trial_number: int,
+                 artifact_store: Any) -> dict[str, Tensor]:
+    """The learned hyperparameter tensors of trial ``trial_number`` (on the CPU).
+
+    Raises:
+        ValueError: If the trial does not exist or stored no learned tensors.
+    """
+    trial = _get_trial(study, trial_number)
+    artifact_id = trial.user_attrs.get(ATTR_LEARNED)
+    if artifact_id is None:
+        raise ValueError(f"trial {trial_number} has no learned tensors "
+                         f"(no {ATTR_LEARNED!r} user attribute)")
+    return _download(artifact_store, artifact_id, _load_tensors)
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    trial: optuna.Trial | FrozenTrial,
+    trainer: HyperTrainer,
+    artifact_store: Any,
+    *,
+    storage: Any = None,
+    remove_previous: bool = True,
+) -> str:
+    """Store ``trainer.state_dict()`` (``torch.save``) as an artifact of ``trial``.
+
+    The trial's user attributes ``ift:checkpoint_artifact``, ``ift:checkpoint_hyper_step`` and
+    ``ift:checkpoint_trial`` point at it. With ``remove_previous`` the checkpoint that the trial
+    itself wrote before is deleted from the store (a retried trial never deletes the checkpoint
+    of the trial it replaces), so a trial keeps one checkpoint, not one per save.
+
+    Returns:
+        The artifact id.
+    """
+    if not isinstance(trainer, HyperTrainer):
+        raise TypeError(f"trainer must be a HyperTrainer, got {type(trainer).__name__}")
+    storage = _storage_of(trial, storage)
+    previous = trial.user_attrs.get(ATTR_CHECKPOINT)
+    previous_owner = trial.user_attrs.get(ATTR_CHECKPOINT_TRIAL)
+    artifact_id = _upload(trial, storage, artifact_store, "trainer_checkpoint.pt",
+                          lambda path: torch.save(trainer.state_dict(), path))
+    _set_user_attr(trial, storage, ATTR_CHECKPOINT, artifact_id)
+    _set_user_attr(trial, storage, ATTR_CHECKPOINT_STEP, int(trainer.hyper_step))
+    _set_user_attr(trial, storage, ATTR_CHECKPOINT_TRIAL, int(trial.number))
+    if remove_previous and previous is not None and previous_owner == trial.number:
+        try:
+            artifact_store.remove(previous)
+        except Exception:  # a missing file is no reason to fail the trial
+            _logger.debug("could not remove checkpoint artifact %s", previous, exc_info=True)
+    return artifact_id
+
+
+def _load_checkpoint_into(trainer: HyperTrainer, artifact_store: Any, artifact_id: str) -> int:
+    def read(path: str) -> int:
+        trainer.resume(path)  # torch.load(..., weights_only=True) inside
+        return int(trainer.hyper_step)
+
+    return _download(artifact_store, artifact_id, read)
+
+
+def load_checkpoint(
+    study: optuna.Study,
+    trial_number: int,
+    trainer: HyperTrainer,
+    artifact_store: Any,
+) -> int | None:
+    """Load the latest checkpoint of trial ``trial_number`` into ``trainer`` (built the same
+    way as the one that wrote it) and return its hyper step; ``None`` if there is none."""
+    artifact_id = _get_trial(study, trial_number).user_attrs.get(ATTR_CHECKPOINT)
+    if artifact_id is None:
+        return None
+    return _load_checkpoint_into(trainer, artifact_store, artifact_id)
+
+
+# -- warm start --------------------------------------------------------------------------------
+
+
+def _shapes_of(model: nn.Module) -> dict[str, list[int]]:
+    return {name: list(p.shape) for name, p in learned_hyperparameters(model).items()}
+
+
+def warm_start(
+    model: nn.Module | HyperTrainer,
+    study: optuna.Study,
+    artifact_store: Any,
+    *,
+    exclude: int | None = None,
+) -> int | None:
+    """Copy the learned tensors of the best finished trial whose shapes match into ``model``.
+
+    Candidates are the study's ``COMPLETE`` trials that stored learned tensors
+    (:func:`save_learned`) with exactly the names and shapes of ``model``'s hyperparameters
+    (read from their ``ift:shapes`` attribute, without downloading anything); the best by the
+    study's direction is used. Single-objective studies only.
+
+    Args:
+        model: The model (or trainer) whose :class:`~optuna_ift.HyperParameter` tensors are
+            overwritten in place (optimizers holding them keep working).
+        study: The study to take the trial from.
+        artifact_store: The artifact store the tensors were saved to.
+        exclude: A trial number never to use (the running trial itself).
+
+    Returns:
+        The number of the trial used, or ``None`` when no trial matched (nothing is changed).
+    """
+    if isinstance(model, HyperTrainer):
+        model = model.model
+    if len(study.directions) > 1:
+        raise ValueError("warm_start needs a single-objective study")
+    targets = learned_hyperparameters(model)
+    if not targets:
+        return None
+    shapes = _shapes_of(model)
+    candidates = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.number != exclude and ATTR_LEARNED in t.user_attrs
+        and t.user_attrs.get(ATTR_SHAPES) == shapes and t.value is not None
+        and math.isfinite(t.value)
+    ]
+    if not candidates:
+        return None
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+    best = min(candidates, key=lambda t: (sign * t.value, t.number))
+    tensors = load_learned(study, best.number, artifact_store)
+    with torch.no_grad():
+        for name, p in targets.items():
+            source = tensors.get(name)
+            if source is None or source.shape != p.shape:  # stale attribute: leave p alone
+                _logger.warning("warm start: trial %d has no tensor %r shaped %s; skipped",
+                                best.number, name, tuple(p.shape))
+                return None
+        for name, p in targets.items():
+            p.copy_(tensors[name].to(device=p.device, dtype=p.dtype))
+    return best.number
+
+
+_warm_start = warm_start  # run_trainer's argument of the same name shadows it
+
+
+# -- everything together -----------------------------------------------------------------------
+
+
+def retry_history(trial: optuna.Trial | FrozenTrial) -> list[int]:
+    """Numbers of the failed trials that ``trial`` retries, oldest first (empty if none)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        frozen = trial if isinstance(trial, FrozenTrial) else _Attrs(
+            trial.storage.get_trial_system_attrs(trial._trial_id))
+        history = list(_RETRY_CALLBACK.retry_history(frozen))
+        first = _RETRY_CALLBACK.retried_trial_number(frozen)
+    if first is not None and not history:
+        history = [first]
+    return history
+
+
+class _Attrs:
+    """Just enough of a FrozenTrial for the retry callback's static readers."""
+
+    def __init__(self, system_attrs: dict[str, Any]) -> None:
+        self.system_attrs = system_attrs
+
+
+class _Checkpointer(Callback):
+    """Checkpoint every ``every`` hyper steps (not at the last one). When the trainer also
+    evaluates at that step (which it does after the hyper-step callbacks), the checkpoint
+    waits for the evaluation, so a resumed run has the evaluation in its history."""
+
+    def __init__(self, trial: optuna.Trial, store: Any, every: int, last: int) -> None:
+        self.trial, self.store, self.every, self.last = trial, store, every, last
+        self.pending = False
+
+    def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
+        step = trainer.hyper_step
+        if step % self.every or step >= self.last:
+            return
+        if trainer.eval_data and trainer.eval_every and step % trainer.eval_every == 0:
+            self.pending = True
+        else:
+            save_checkpoint(self.trial, trainer, self.store)
+
+    def on_evaluation(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
+        if self.pending:
+            self.pending = False
+            save_checkpoint(self.trial, trainer, self.store)
+
+
+def run_trainer(
+    trial: optuna.Trial,
+    trainer: HyperTrainer,
+    *,
+    hyper_steps: int,
+    artifact_store: Any,
+    checkpoint_every: int | None = 10,
+    warm_start: bool = True,
+    prune: bool = True,
+    monitor: str = "val_loss",
+) -> float:
+    """Train ``trainer`` inside ``trial`` and return the final ``monitor`` value.
+
+    In order:
+
+    1. If ``trial`` retries a failed trial (:class:`optuna.storages.RetryFailedTrialCallback`)
+       and that trial left a checkpoint, the trainer resumes from it, and the trial records
+       ``ift:resumed_from_trial`` and ``ift:resumed_at_hyper_step``; the evaluations done before
+       the checkpoint are reported again, so the pruner sees the whole curve. Otherwise, with
+       ``warm_start``, the hyperparameters start from the best finished trial whose shapes
+       match (:func:`warm_start`), recorded in ``ift:warm_started_from_trial``.
+    2. ``trainer.fit(hyper_steps)`` with an :class:`IFTPruningCallback` (if ``prune``) and a
+       checkpoint (:func:`save_checkpoint`) every ``checkpoint_every`` hyper steps.
+    3. The learned tensors are saved (:func:`save_learned`), also when the trial is pruned;
+       ``ift:hyper_steps``, ``ift:skipped_hyper_steps`` and the last evaluation (as
+       ``ift:final_<key>``) are recorded.
+
+    Args:
+        trial: The running trial.
+        trainer: A trainer with ``eval_data`` holding the set that ``monitor`` names (the
+            trainer evaluates it every epoch or ``eval_every`` hyper steps).
+        hyper_steps: Hyper steps to train in total.
+        artifact_store: Where learned tensors and checkpoints go.
+        checkpoint_every: Hyper steps between checkpoints; ``None`` for none.
+        warm_start: Start from the best matching finished trial.
+        prune: Report evaluations and prune through the study's pruner.
+        monitor: The evaluation key reported and returned, ``"<eval_data name>_loss"``.
+
+    Returns:
+        The final value of ``monitor`` (the trainer evaluates once more at the end if its last
+        evaluation was earlier).
+    """
+    if not isinstance(trial, optuna.Trial):
+        raise TypeError(f"trial must be an optuna.Trial, got {type(trial).__name__}")
+    if not isinstance(trainer, HyperTrainer):
+        raise TypeError(f"trainer must be a HyperTrainer, got {type(trainer).__name__}")
+    if isinstance(hyper_steps, bool) or not isinstance(hyper_steps, int) or hyper_steps < 1:
+        raise ValueError(f"hyper_steps must be an integer >= 1, got {hyper_steps!r}")
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(
+            checkpoint_every, int) or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every must be None or an integer >= 1, "
+                         f"got {checkpoint_every!r}")
+    name, sep, key = monitor.rpartition("_")
+    if not sep or name not in trainer.eval_data or key not in ("loss", "metric"):
+        raise ValueError(f"monitor must be '<name>_loss' or '<name>_metric' for a name in the "
+                         f"trainer's eval_data {sorted(trainer.eval_data)}, got {monitor!r}")
+
+    study = trial.study
+    resumed_step = None
+    if retry_history(trial) and ATTR_CHECKPOINT in trial.user_attrs:
+        attrs = trial.user_attrs
+        resumed_step = _load_checkpoint_into(trainer, artifact_store, attrs[ATTR_CHECKPOINT])
+        source = attrs.get(ATTR_CHECKPOINT_TRIAL, retry_history(trial)[-1])
+        trial.set_user_attr(ATTR_RESUMED_FROM, int(source))
+        trial.set_user_attr(ATTR_RESUMED_AT_STEP, resumed_step)
+        _logger.info("trial %d resumes trial %s from hyper step %d", trial.number, source,
+                     resumed_step)
+        if prune:
+            for record in trainer.history.evaluations:
+                if monitor in record:
+                    trial.report(float(record[monitor]), int(record["hyper_step"]))
+    elif warm_start:
+        source = _warm_start(trainer.model, study, artifact_store, exclude=trial.number)
+        trial.set_user_attr(ATTR_WARM_START, source)
+
+    added: list[Callback] = []
+    if prune:
+        added.append(IFTPruningCallback(trial, monitor=monitor))
+    if checkpoint_every is not None:
+        added.append(_Checkpointer(trial, artifact_store, checkpoint_every, hyper_steps))
+    trainer.callbacks.extend(added)
+    try:
+        trainer.fit(hyper_steps)
+    finally:
+        for callback in added:
+            trainer.callbacks.remove(callback)
+        save_learned(trial, trainer, artifact_store)
+        trial.set_user_attr("ift:hyper_steps", int(trainer.hyper_step))
+        trial.set_user_attr("ift:skipped_hyper_steps", int(trainer.history.skipped))
+
+    evaluations = trainer.history.evaluations
+    if evaluations and evaluations[-1]["hyper_step"] == trainer.hyper_step:
+        final = dict(evaluations[-1])
+    else:
+        final = {"hyper_step": trainer.hyper_step}
+        for set_name, data in trainer.eval_data.items():
+            final |= {f"{set_name}_{k}": v for k, v in trainer.evaluate(data).items()}
+        if prune:
+            trial.report(float(final[monitor]), int(trainer.hyper_step))
+    for k, v in final.items():
+        trial.set_user_attr(f"ift:final_{k}", float(v))
+    return float(final[monitor])
+
+
+# -- storages with heartbeats ------------------------------------------------------------------
+
+#: System attribute in which :class:`_HeartbeatJournalStorage` records a trial's heartbeat.
+_HEARTBEAT_ATTR = "ift:heartbeat"
+
+try:  # Optuna's heartbeat protocol (stable since Optuna 2.9, but in a private module)
+    from optuna.storages._heartbeat import BaseHeartbeat as _BaseHeartbeat
+except ImportError:  # pragma: no cover
+    _BaseHeartbeat = None
+
+
+if _BaseHeartbeat is not None:
+
+    class _HeartbeatJournalStorage(optuna.storages.JournalStorage, _BaseHeartbeat):
+        """A journal storage with Optuna's heartbeat protocol, which ``JournalStorage`` lacks.
+
+        The heartbeat is a trial system attribute (a Unix time) written every
+        ``heartbeat_interval`` seconds by Optuna's heartbeat thread; a running trial whose last
+        heartbeat (or start, before the first) is older than ``grace_period`` seconds is stale,
+        and ``study.optimize`` fails it and calls the stale-trial callback, as with
+        :class:`optuna.storages.RDBStorage`. Journal replay makes failing a trial atomic: when
+        two workers fail the same trial, one of them gets ``UpdateFinishedTrialError``, which
+        Optuna ignores, so the trial is retried once. The workers' clocks must agree (one
+        machine, or NTP) since the time is compared across processes.
+        """
+
+        def __init__(self, backend: Any, *, heartbeat_interval: int, grace_period: int | None,
+                     heartbeat_stale_trial_callback: Any) -> None:
+            super().__init__(backend)
+            self.heartbeat_interval = heartbeat_interval
+            self.grace_period = grace_period or 2 * heartbeat_interval
+            self._stale_callback = heartbeat_stale_trial_callback
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            import time
+
+            try:
+                self.set_trial_system_attr(trial_id, _HEARTBEAT_ATTR, time.time())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another worker already failed it as stale
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            import time
+
+            now = time.time()
+            stale = []
+            for trial in self.get_all_trials(study_id, deepcopy=False,
+                                             states=(TrialState.RUNNING,)):
+                last = trial.system_attrs.get(_HEARTBEAT_ATTR)
+                if last is None and trial.datetime_start is not None:
+                    last = trial.datetime_start.timestamp()
+                if last is not None and now - float(last) > self.grace_period:
+                    stale.append(trial._trial_id)
+            return stale
+
+        def get_heartbeat_interval(self) -> int | None:
+            return self.heartbeat_interval
+
+        def get_heartbeat_stale_trial_callback(self) -> Any:
+            return self._stale_callback
+
+        def get_failed_trial_callback(self) -> Any:  # the name before Optuna 4.9
+            return self._stale_callback
+
+
+def create_storage(
+    storage: str | os.PathLike[str] | optuna.storages.BaseStorage,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int | None = None,
+) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``storage``, with heartbeats and retries when asked.
+
+    Args:
+        storage: A database URL (``sqlite:///study.db``, ``postgresql://...``,
+            ``mysql+pymysql://...``: an :class:`~optuna.storages.RDBStorage`), the path of a
+            journal file (anything without ``://``; ``journal:///path`` works too: a
+            :class:`~optuna.storages.JournalStorage` on a
+            :class:`~optuna.storages.journal.JournalFileBackend`), or a storage object, returned
+            unchanged.
+        heartbeat_interval: Seconds between heartbeats of a running trial; ``None``: no
+            heartbeats (a killed worker's trial then stays ``RUNNING``).
+        grace_period: Seconds without a heartbeat after which a running trial is failed;
+            ``None``: twice ``heartbeat_interval``.
+        max_retry: With heartbeats, a failed stale trial is retried (a copy is queued with
+            :class:`optuna.storages.RetryFailedTrialCallback`) at most this many times;
+            ``None``: without limit.
+    """
+    if isinstance(storage, optuna.storages.BaseStorage):
+        return storage
+    if not isinstance(storage, (str, os.PathLike)):
+        raise TypeError(f"storage must be a URL, a path or an Optuna storage, "
+                        f"got {type(storage).__name__}")
+    for name, value in (("heartbeat_interval", heartbeat_interval),
+                        ("grace_period", grace_period)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+    url = os.fspath(storage)
+    callback = None
+    if heartbeat_interval is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            callback = _RETRY_CALLBACK(max_retry=max_retry)
+    if url.startswith("journal://"):
+        url = url[len("journal://"):]
+    elif "://" in url:
+        kwargs: dict[str, Any] = {}
+        if heartbeat_interval is not None:
+            kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period,
+                      "failed_trial_callback": callback}
+            import inspect
+
+            if "heartbeat_stale_trial_callback" in inspect.signature(
+                    optuna.storages.RDBStorage).parameters:
+                kwargs["heartbeat_stale_trial_callback"] = kwargs.pop("failed_trial_callback")
+        engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(url).parent.mkdir(parents=True, exist_ok=True)
+    backend = JournalFileBackend(url)
+    if heartbeat_interval is None or _BaseHeartbeat is None:
+        return optuna.storages.JournalStorage(backend)
+    return _HeartbeatJournalStorage(backend, heartbeat_interval=heartbeat_interval,
+                                    grace_period=grace_period,
+                                    heartbeat_stale_trial_callback=callback)
