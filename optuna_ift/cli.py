@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", default="optuna-ift-demo")
     p.add_argument("--n-trials", type=_positive_int, required=True, help="trials this worker runs")
     p.add_argument("--total-trials", type=_positive_int, default=None,
-                   help="stop when the study has this many finished trials")
+                   help="stop when the study has this many finished trials (workers that "
+                   "start a trial in the same instant can overshoot it by one each)")
     p.add_argument("--out", default="runs/worker", help="shared folder of the artifacts")
     p.add_argument("--hyper-steps", type=_positive_int, default=40)
     p.add_argument("--checkpoint-every", type=_positive_int, default=10)

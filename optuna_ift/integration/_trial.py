@@ -623,6 +623,28 @@ if _BaseHeartbeat is not None:
             return self._stale_callback
 
 
+def _connect_rdb(url: str, engine_kwargs: dict | None, kwargs: dict[str, Any],
+                 attempts: int = 5) -> optuna.storages.RDBStorage:
+    """``RDBStorage(url)``, retried: workers that start together on a new database race to
+    create its tables, and all but one of them see a unique-key violation the first time."""
+    import random
+    import time
+
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            _logger.info("connecting to %s failed (attempt %d), retrying", url, attempt + 1)
+            time.sleep(0.2 * (attempt + 1) + 0.3 * random.random())
+    raise AssertionError("unreachable")
+
+
 def create_storage(
     storage: str | os.PathLike[str] | optuna.storages.BaseStorage,
     *,
@@ -677,9 +699,7 @@ def create_storage(
                     optuna.storages.RDBStorage).parameters:
                 kwargs["heartbeat_stale_trial_callback"] = kwargs.pop("failed_trial_callback")
         engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        return _connect_rdb(url, engine_kwargs, kwargs)
     from optuna.storages.journal import JournalFileBackend
 
     Path(url).parent.mkdir(parents=True, exist_ok=True)
