@@ -8,6 +8,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from optuna_ift.plots._common import save_figure
+
 __all__ = ["plot_augment_accuracy", "plot_augmentations"]
 
 _METHOD_COLORS = {
@@ -16,14 +18,6 @@ _METHOD_COLORS = {
     "neumann": "tab:blue",
     "unrolled": "tab:orange",
 }
-
-
-def _save(fig: plt.Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def _image(values: Any) -> np.ndarray:
@@ -67,7 +61,7 @@ def plot_augmentations(figure: dict[str, Any], path: str | Path) -> Path:
                 axes[row, col].set_title(titles[col], fontsize=10)
     fig.colorbar(std_image, ax=axes[:, 3], shrink=0.8, label="std of pixel (0..1 scale)")
     fig.suptitle(f"Learned augmentation, {figure['label']}: test images", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path, tight=False)
 
 
 def plot_augment_accuracy(results: dict[str, Any], path: str | Path) -> Path:
@@ -141,4 +135,4 @@ def plot_augment_accuracy(results: dict[str, Any], path: str | Path) -> Path:
         f"Learned data augmentation, {results['dataset']}: CNN on {results['n_train']} "
         f"labelled images, {results['n_val']} validation, {results['n_test']} test",
         fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path, tight=False)

@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from optuna_ift.plots._common import save_figure
+
 __all__ = [
     "plot_demo",
     "plot_demo_curve",
@@ -25,14 +27,6 @@ __all__ = [
 ]
 
 _PARAM_LABELS = {"lr": "learning rate", "width": "width", "inner_steps": "inner steps"}
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def _history(ax: Any, results: dict[str, Any]) -> None:
@@ -140,7 +134,7 @@ def _curve(ax: Any, results: dict[str, Any]) -> None:
 def _single(draw: Any, results: dict[str, Any], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
     draw(ax, results)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_demo_history(results: dict[str, Any], path: str | Path) -> Path:
@@ -177,5 +171,5 @@ def plot_demo(results: dict[str, Any], out: str | Path) -> list[Path]:
     fig.suptitle(f"optuna-ift demo: TPE tunes learning rate, width and inner steps; IFT tunes "
                  f"a decay per weight in each trial ({n} trials, {results['dataset']})",
                  fontsize=11)
-    paths.append(_save(fig, out / "demo.png"))
+    paths.append(save_figure(fig, out / "demo.png"))
     return paths

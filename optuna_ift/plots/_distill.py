@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from optuna_ift.plots._common import save_figure
+
 __all__ = ["plot_distill_curve", "plot_distilled_images"]
 
 _INIT_NAMES = {"mean": "initial: class means", "real": "initial: a real image",
@@ -101,11 +103,7 @@ def plot_distilled_images(
         axes[r, 0].set_ylabel(label, fontsize=8.5)
     if title:
         fig.suptitle(title, fontsize=10.5)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110, tight=False)
 
 
 def plot_distill_curve(results: dict[str, Any], path: str | Path) -> Path:
@@ -158,8 +156,4 @@ def plot_distill_curve(results: dict[str, Any], path: str | Path) -> Path:
         f"{settings['hyper_steps']} hyper steps, {results['seconds']:.0f} s",
         fontsize=10.5,
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, tight=False)

@@ -8,6 +8,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from optuna_ift.plots._common import save_figure
+
 __all__ = ["plot_inverse_comparison"]
 
 _SOLVER_STYLE = {
@@ -53,8 +55,4 @@ def plot_inverse_comparison(results: dict[str, Any], path: str | Path) -> Path:
         f"log10 decay ~ U{tuple(results['log10_decay_range'])})",
         fontsize=10,
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, tight=False)

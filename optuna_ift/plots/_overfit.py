@@ -8,6 +8,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from optuna_ift.plots._common import save_figure
+
 __all__ = ["plot_overfit", "plot_overfit_decays"]
 
 _TITLES = {"linear": "Linear", "mlp": "MLP", "cnn": "CNN"}
@@ -16,14 +18,6 @@ _SPLIT_STYLE = {
     "val": ("Validation", "tab:blue"),
     "test": ("Test", "tab:red"),
 }
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def _title(kind: str, result: dict[str, Any]) -> str:
@@ -75,7 +69,7 @@ def plot_overfit(results: dict[str, Any], path: str | Path) -> Path:
         f"examples)",
         fontsize=10,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_overfit_decays(results: dict[str, Any], path: str | Path) -> Path:
@@ -101,4 +95,4 @@ def plot_overfit_decays(results: dict[str, Any], path: str | Path) -> Path:
         ax.legend(fontsize=8, loc="upper right")
     axes[0][0].set_ylabel("number of weights")
     fig.suptitle(f"Learned weight decays, one per weight ({results['dataset']})", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

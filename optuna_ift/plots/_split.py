@@ -8,6 +8,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from optuna_ift.plots._common import save_figure
+
 __all__ = ["plot_split_ratio"]
 
 _MODE_STYLE = {"global": ("-", "one global decay"), "per_weight": (":", "a decay per weight")}
@@ -51,8 +53,4 @@ def plot_split_ratio(results: dict[str, Any], path: str | Path) -> Path:
     name = results.get("dataset", "data")
     fig.suptitle(f"Logistic regression on {name}: test accuracy against the validation share "
                  f"(mean ± sd over {len(results['seeds'])} seed(s))", fontsize=11)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, tight=False)
