@@ -82,8 +82,8 @@ def evaluate(model: MLP, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float
 
 
 def load(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], str]:
-    root = Path(args.data_root)
-    if (root / "MNIST" / "raw").is_dir():
+    root = Path(args.data_root) if args.data_root else None
+    if root is not None and (root / "MNIST" / "raw").is_dir():
         data = load_dataset("mnist", root=root, n_train=args.n_train, n_val=args.n_val,
                             n_test=args.n_test, seed=args.seed)
     else:
@@ -198,8 +198,8 @@ def time_to_reach(curve: list[dict[str, float]], target: float) -> float | None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", default=str(Path(__file__).parents[1] / ".." / "shared"
-                                                   / "data"))
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding MNIST/raw (torchvision layout); digits without it")
     parser.add_argument("--budget", type=float, default=150.0,
                         help="wall-clock seconds per method (default 150)")
     parser.add_argument("--methods", default=",".join(METHODS),
