@@ -148,8 +148,10 @@ def _fit_to_distribution(value: float, distribution: BaseDistribution) -> float 
 
 
 @functools.cache
+@functools.lru_cache(maxsize=None)
 def _view_class(study_class: type) -> type:
-    """A subclass of ``study_class`` whose trial queries show refined parameter values."""
+    """A subclass of ``study_class`` whose trial queries show refined parameter values (one
+    class per study class, made once)."""
 
     class RefinedStudyView(study_class):  # type: ignore[misc, valid-type]
         # A slot, so that the sampler lives beside the shared ``__dict__``, not in it.
