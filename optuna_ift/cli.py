@@ -26,27 +26,27 @@ def _compare_inverse(args: argparse.Namespace) -> dict:
                            out=args.out, show_progress=not args.no_progress)
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}")
-    if not values:
-        raise argparse.ArgumentTypeError("must name at least one integer")
-    return values
+def _list_of(kind: type, noun: str):
+    """An argparse type: comma-separated values of ``kind``, at least one."""
+
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be comma-separated {noun}, got {text!r}")
+        if not values:
+            raise argparse.ArgumentTypeError(f"must name at least one of the {noun}")
+        return values
+
+    return parse
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}")
-    if not values:
-        raise argparse.ArgumentTypeError("must name at least one number")
-    return values
+_int_list = _list_of(int, "integers")
+_float_list = _list_of(float, "numbers")
 
 
-# The studies on classification data: subcommand -> (function in optuna_ift.experiments, help, own options).
+# The studies on classification data:
+# subcommand -> (function in optuna_ift.experiments, help, own options).
 # Each option is (flag, add_argument keywords); its value goes to the function argument of the
 # same name. --dataset, --data-root, --download, --seed, --device, --out and --no-progress are
 # common to all of them.

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-__all__ = ["MODEL_KINDS", "make_classifier"]
+from optuna_ift.hyperparams import WeightDecay
+
+__all__ = ["MODEL_KINDS", "DecayedClassifier", "classification_loss", "decayed_train_loss",
+           "make_classifier"]
 
 MODEL_KINDS = ("linear", "mlp", "cnn")
 
@@ -33,3 +37,27 @@ def make_classifier(kind: str, shape: tuple[int, int, int], num_classes: int, *,
             nn.Flatten(), nn.Linear(2 * channels * (h // 4) * (w // 4), num_classes),
         )
     raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
+
+
+class DecayedClassifier(nn.Module):
+    """A classifier ``net`` with one learned weight decay per weight (``WeightDecay``)."""
+
+    def __init__(self, net: nn.Module, *, init_decay: float,
+                 include_biases: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.decay = WeightDecay(net, mode="per_weight", init=init_decay,
+                                 include_biases=include_biases)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def decayed_train_loss(model: DecayedClassifier, batch: tuple[Tensor, ...]) -> Tensor:
+    """Cross-entropy on ``batch = (images, labels)`` plus the decay penalty."""
+    return F.cross_entropy(model(batch[0]), batch[1]) + model.decay(model.net)
+
+
+def classification_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+    """Cross-entropy on ``batch = (images, labels)``: the validation loss."""
+    return F.cross_entropy(model(batch[0]), batch[1])

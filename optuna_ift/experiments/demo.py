@@ -27,17 +27,20 @@ from typing import Any
 
 import optuna
 import torch
-import torch.nn.functional as F
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
-from torch import Tensor, nn
 
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.data import ClassificationData, load_dataset
 from optuna_ift.experiments._common import write_results
+from optuna_ift.experiments._models import (
+    DecayedClassifier,
+    classification_loss,
+    decayed_train_loss,
+    make_classifier,
+)
 from optuna_ift.hypergrad import Neumann, NeumannDivergenceWarning
-from optuna_ift.hyperparams import WeightDecay
 from optuna_ift.integration._sampler import HybridSampler
 from optuna_ift.integration._trial import (
     ATTR_LEARNED,
@@ -54,28 +57,6 @@ __all__ = ["demo", "make_objective", "run_worker"]
 _logger = logging.getLogger(__name__)
 
 DEFAULT_STUDY_NAME = "optuna-ift-demo"
-
-
-class DecayedMLP(nn.Module):
-    """``Flatten -> Linear(width) -> ReLU -> Linear(classes)`` and a decay per weight."""
-
-    def __init__(self, in_features: int, width: int, num_classes: int, *,
-                 init_decay: float) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(),
-                                 nn.Linear(width, num_classes))
-        self.decay = WeightDecay(self.net, mode="per_weight", init=init_decay)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-
-def _train_loss(model: DecayedMLP, batch: tuple[Tensor, ...]) -> Tensor:
-    return F.cross_entropy(model(batch[0]), batch[1]) + model.decay(model.net)
-
-
-def _val_loss(model: DecayedMLP, batch: tuple[Tensor, ...]) -> Tensor:
-    return F.cross_entropy(model(batch[0]), batch[1])
 
 
 def make_objective(
@@ -120,7 +101,6 @@ def make_objective(
     """
     device_ = resolve_device(device)
     data = data.to(device_)
-    in_features = math.prod(data.shape)
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-3, 3e-2, log=True)
@@ -129,12 +109,13 @@ def make_objective(
         trial_seed = seed + trial.number
         with torch.random.fork_rng(devices=[]):  # seeded init, global state untouched
             torch.manual_seed(trial_seed)
-            model = DecayedMLP(in_features, width, data.num_classes, init_decay=init_decay)
+            net = make_classifier("mlp", data.shape, data.num_classes, hidden=width)
+            model = DecayedClassifier(net, init_decay=init_decay)
         callbacks = []
         if step_seconds > 0:
             callbacks.append(_Sleep(step_seconds))
         trainer = HyperTrainer(
-            model, train_loss=_train_loss, val_loss=_val_loss,
+            model, train_loss=decayed_train_loss, val_loss=classification_loss,
             train_data=(data.X_train, data.y_train), val_data=(data.X_val, data.y_val),
             batch_size=batch_size,
             weight_optimizer=lambda p: torch.optim.Adam(p, lr=lr),

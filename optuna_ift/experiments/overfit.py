@@ -38,7 +38,13 @@ from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.data import load_dataset
 from optuna_ift.experiments._common import progress, write_results
-from optuna_ift.experiments._models import MODEL_KINDS, make_classifier
+from optuna_ift.experiments._models import (
+    MODEL_KINDS,
+    DecayedClassifier,
+    classification_loss,
+    decayed_train_loss,
+    make_classifier,
+)
 from optuna_ift.hypergrad import Neumann, NeumannDivergenceWarning
 from optuna_ift.hyperparams import WeightDecay, split_parameters
 from optuna_ift.trainer import Callback, HyperTrainer, resolve_device
@@ -49,26 +55,6 @@ _logger = logging.getLogger(__name__)
 
 _SPLITS = ("train", "val", "test")
 _QUANTILES = (0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0)
-
-
-class _DecayedClassifier(nn.Module):
-    """A classifier and one learned decay per weight (biases included) of it."""
-
-    def __init__(self, net: nn.Module, *, init_decay: float) -> None:
-        super().__init__()
-        self.net = net
-        self.decay = WeightDecay(net, mode="per_weight", init=init_decay, include_biases=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-
-def _train_loss(model: _DecayedClassifier, batch: tuple[Tensor, ...]) -> Tensor:
-    return F.cross_entropy(model(batch[0]), batch[1]) + model.decay(model.net)
-
-
-def _val_loss(model: _DecayedClassifier, batch: tuple[Tensor, ...]) -> Tensor:
-    return F.cross_entropy(model(batch[0]), batch[1])
 
 
 class _Bar(Callback):
@@ -140,7 +126,7 @@ def _decay_summary(decay: WeightDecay, *, init_decay: float, bins: int = 40) -> 
     }
 
 
-def _train_baseline(model: _DecayedClassifier, *, data: Any, sets: dict[str, Any],
+def _train_baseline(model: DecayedClassifier, *, data: Any, sets: dict[str, Any],
                     weight_steps: int, eval_at: Sequence[int], inner_steps: int,
                     weight_lr: float, batch_size: int, seed: int, bar: Any
                     ) -> list[dict[str, float]]:
@@ -158,7 +144,7 @@ def _train_baseline(model: _DecayedClassifier, *, data: Any, sets: dict[str, Any
             order, position = torch.randperm(n, generator=generator), 0
         index = order[position:position + batch_size].to(data.X_train.device)
         position += batch_size
-        loss = _train_loss(model, (data.X_train[index], data.y_train[index]))
+        loss = decayed_train_loss(model, (data.X_train[index], data.y_train[index]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward(inputs=weights)
         optimizer.step()
@@ -272,13 +258,13 @@ def overfit(
                 torch.manual_seed(seed)
                 net = make_classifier(kind, data.shape, data.num_classes, hidden=hidden,
                                       channels=channels)
-            model = _DecayedClassifier(net, init_decay=init_decay).to(device_)
+            model = DecayedClassifier(net, init_decay=init_decay, include_biases=True).to(device_)
             baseline = copy.deepcopy(model)
             weights, hyperparameters = split_parameters(model)
             initial = {"hyper_step": 0, "weight_step": 0, **_evaluate(model, sets)}
 
             trainer = HyperTrainer(
-                model, train_loss=_train_loss, val_loss=_val_loss,
+                model, train_loss=decayed_train_loss, val_loss=classification_loss,
                 train_data=sets["train"], val_data=sets["val"],
                 batch_size=n_train, val_batch_size=n_val,
                 weight_optimizer=lambda p: torch.optim.Adam(p, lr=weight_lr),
