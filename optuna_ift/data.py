@@ -6,6 +6,8 @@ the device asked for.
 Two families live here:
 
 - regression: :func:`load_diabetes` gives a :class:`Split` (train and validation);
+- language modelling: :func:`load_ptb` gives a :class:`Corpus` (token streams and vocabulary)
+  read from a folder of ``train.txt``/``valid.txt``/``test.txt`` (Penn Treebank's layout);
 - image classification: :func:`load_dataset` gives a :class:`ClassificationData` (train,
   validation and test) for scikit-learn's embedded ``"digits"`` and, through
   ``torchvision.datasets``, for ``"mnist"``, ``"fashion-mnist"`` and ``"cifar10"``.
@@ -42,7 +44,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DATASETS", "ClassificationData", "Split", "load_dataset", "load_diabetes"]
+__all__ = [
+    "DATASETS",
+    "ClassificationData",
+    "Corpus",
+    "Split",
+    "load_dataset",
+    "load_diabetes",
+    "load_ptb",
+]
 
 #: Names accepted by :func:`load_dataset`.
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -519,3 +529,128 @@ def load_dataset(
         classes=classes,
     )
     return data if torch.device(device) == torch.device("cpu") else data.to(device)
+
+
+# --------------------------------------------------------------------------------------------
+# Language modelling
+# --------------------------------------------------------------------------------------------
+
+EOS = "<eos>"
+_CORPUS_FILES = ("train", "valid", "test")
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Corpus:
+    """A word-level corpus: three token streams and their vocabulary.
+
+    Attributes:
+        train: Token ids of the training text, int64, shaped ``(n_tokens,)``; every line ends
+            in ``<eos>``.
+        valid: Token ids of the validation text.
+        test: Token ids of the test text.
+        vocab: The words, indexed by token id (built from the training text, in order of first
+            appearance).
+    """
+
+    train: Tensor
+    valid: Tensor
+    test: Tensor
+    vocab: tuple[str, ...]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def __repr__(self) -> str:
+        return (f"Corpus(vocab_size={self.vocab_size}, train={self.train.numel()}, "
+                f"valid={self.valid.numel()}, test={self.test.numel()} tokens)")
+
+    def sequences(self, split: str, seq_len: int, *, max_sequences: int | None = None
+                  ) -> tuple[Tensor, Tensor]:
+        """``(inputs, targets)`` of ``split`` cut into consecutive, non-overlapping
+        sequences: both shaped ``(n, seq_len)``, ``targets`` being ``inputs`` shifted by one
+        token. The ragged tail is dropped; ``max_sequences`` keeps the first ones."""
+        if split not in _CORPUS_FILES:
+            raise ValueError(f"split must be one of {_CORPUS_FILES}, got {split!r}")
+        seq_len = _check_positive_int("seq_len", seq_len)
+        stream: Tensor = getattr(self, split)
+        n = (stream.numel() - 1) // seq_len
+        if max_sequences is not None:
+            n = min(n, _check_positive_int("max_sequences", max_sequences))
+        if n < 1:
+            raise ValueError(f"{split} has {stream.numel()} tokens: too few for one sequence "
+                             f"of seq_len={seq_len}")
+        inputs = stream[: n * seq_len].reshape(n, seq_len)
+        targets = stream[1: n * seq_len + 1].reshape(n, seq_len)
+        return inputs, targets
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _read_words(path: Path) -> list[str]:
+    words: list[str] = []
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            words.extend(line.split())
+            words.append(EOS)
+    return words
+
+
+def load_ptb(
+    root: str | os.PathLike[str],
+    *,
+    max_train_tokens: int | None = None,
+    device: str | torch.device = "cpu",
+) -> Corpus:
+    """A word-level corpus from ``root/train.txt``, ``root/valid.txt`` and ``root/test.txt``.
+
+    The layout is Penn Treebank's as preprocessed by Mikolov et al. (one sentence per line,
+    words separated by spaces, rare words already ``<unk>``); any corpus in that layout works.
+    Each line ends in an ``<eos>`` token. The vocabulary is the training text's; a validation
+    or test word outside it becomes ``<unk>`` when the vocabulary has one, and is an error
+    otherwise.
+
+    Args:
+        root: The folder of the three files.
+        max_train_tokens: Keep only the first this many training tokens (the vocabulary is
+            still built from the whole training text, so ids do not depend on it).
+        device: Device of the returned tensors.
+
+    Raises:
+        FileNotFoundError: If one of the three files is missing.
+        ValueError: For an out-of-range argument or a word no vocabulary entry covers.
+    """
+    if root is None:
+        raise ValueError("root must be the folder that holds train.txt, valid.txt and test.txt")
+    if max_train_tokens is not None:
+        _check_positive_int("max_train_tokens", max_train_tokens)
+    folder = Path(root)
+    paths = {name: folder / f"{name}.txt" for name in _CORPUS_FILES}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"root={str(root)!r} lacks {', '.join(missing)}; a corpus "
+                                "folder holds train.txt, valid.txt and test.txt")
+    words = {name: _read_words(path) for name, path in paths.items()}
+    index: dict[str, int] = {}
+    for word in words["train"]:
+        index.setdefault(word, len(index))
+    unk = index.get("<unk>")
+
+    def ids(name: str) -> Tensor:
+        out = []
+        for word in words[name]:
+            token = index.get(word, unk)
+            if token is None:
+                raise ValueError(f"{paths[name]}: word {word!r} is not in the training "
+                                 "vocabulary, which has no <unk> to stand for it")
+            out.append(token)
+        return torch.tensor(out, dtype=torch.int64, device=device)
+
+    train = ids("train")
+    if max_train_tokens is not None:
+        train = train[:max_train_tokens]
+    return Corpus(train=train, valid=ids("valid"), test=ids("test"), vocab=tuple(index))

@@ -18,7 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from optuna_ift.data import DATASETS, ClassificationData, Split, load_dataset, load_diabetes
+from optuna_ift.data import (
+    DATASETS,
+    ClassificationData,
+    Split,
+    load_dataset,
+    load_diabetes,
+    load_ptb,
+)
 
 N_TRAIN, N_TEST, CLASSES = 200, 60, 10
 
@@ -361,3 +368,62 @@ def test_load_diabetes_is_unchanged():
     assert split.X_train.shape == (221, 10) and split.X_val.shape == (221, 10)
     assert split.X_train.dtype == torch.float64
     assert split.X_train.mean(0).abs().max().item() < 1e-12
+
+
+# --- word-level corpora (Penn Treebank layout) -------------------------------------------------
+
+
+def write_corpus(root: Path, *, valid: str = "b c <unk>\nd\n", test: str = "a x\n") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "train.txt").write_text(" a b c \n b <unk> d a\n")
+    (root / "valid.txt").write_text(valid)
+    (root / "test.txt").write_text(test)
+    return root
+
+
+def test_ptb_tokens_vocabulary_and_eos(tmp_path):
+    corpus = load_ptb(write_corpus(tmp_path))
+    assert corpus.vocab == ("a", "b", "c", "<eos>", "<unk>", "d")
+    assert corpus.vocab_size == 6
+    assert corpus.train.tolist() == [0, 1, 2, 3, 1, 4, 5, 0, 3]
+    assert corpus.valid.tolist() == [1, 2, 4, 3, 5, 3]
+    assert corpus.test.tolist() == [0, 4, 3]  # "x" is not in the vocabulary: <unk>
+    assert corpus.train.dtype == torch.int64
+    assert "vocab_size=6" in repr(corpus)
+    short = load_ptb(tmp_path, max_train_tokens=4)
+    assert short.train.tolist() == [0, 1, 2, 3] and short.vocab == corpus.vocab
+
+
+def test_ptb_sequences_are_consecutive_and_shifted(tmp_path):
+    corpus = load_ptb(write_corpus(tmp_path))
+    inputs, targets = corpus.sequences("train", 3)
+    assert inputs.tolist() == [[0, 1, 2], [3, 1, 4]]  # the ragged tail is dropped
+    assert targets.tolist() == [[1, 2, 3], [1, 4, 5]]
+    inputs, targets = corpus.sequences("train", 2, max_sequences=1)
+    assert inputs.tolist() == [[0, 1]] and targets.tolist() == [[1, 2]]
+    with pytest.raises(ValueError, match="too few"):
+        corpus.sequences("test", 3)
+    with pytest.raises(ValueError, match="split"):
+        corpus.sequences("validation", 2)
+    with pytest.raises(ValueError, match="seq_len"):
+        corpus.sequences("train", 0)
+
+
+def test_ptb_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="test.txt"):
+        load_ptb(write_corpus(tmp_path / "a").parent / "missing")
+    root = write_corpus(tmp_path / "b")
+    (root / "test.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="test.txt"):
+        load_ptb(root)
+    with pytest.raises(ValueError, match="max_train_tokens"):
+        load_ptb(write_corpus(tmp_path / "c"), max_train_tokens=0)
+    with pytest.raises(ValueError, match="root"):
+        load_ptb(None)
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "train.txt").write_text("a b\n")
+    (root / "valid.txt").write_text("a\n")
+    (root / "test.txt").write_text("zebra\n")
+    with pytest.raises(ValueError, match="zebra"):
+        load_ptb(root)
