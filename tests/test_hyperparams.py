@@ -464,6 +464,32 @@ def test_dropout_rate_gets_a_gradient_and_generator_reproduces():
     assert grad.shape == weight.shape and torch.isfinite(grad).all()
 
 
+def test_dropout_shared_dims_share_one_mask_entry():
+    # Variational dropout: (time, batch, units), one mask per sequence and unit for all steps.
+    drop = ConcreteDropout((5,), init=0.5, generator=gen()).to(DT)
+    out = drop(torch.ones(7, 3, 5, dtype=DT), shared_dims=(0,))
+    assert torch.equal(out, out[:1].expand_as(out))
+    assert not torch.equal(out[0, 0], out[0, 1])  # sequences still get their own masks
+    # Whole words: a rate per word on an embedding matrix seen as (features, words).
+    words = ConcreteDropout((6,), init=0.5, generator=gen()).to(DT)
+    out = words(torch.ones(4, 6, dtype=DT), shared_dims=(-2,))
+    assert torch.equal(out, out[:1].expand_as(out))
+    scalar = ConcreteDropout(init=0.3, generator=gen()).to(DT)
+    out = scalar(torch.ones(40_000, 3, dtype=DT), shared_dims=(1,))
+    assert torch.equal(out, out[:, :1].expand_as(out))
+    assert float((out[:, 0] * 0.7 < 0.5).to(DT).mean()) == pytest.approx(0.3, abs=0.015)
+    eval_x = torch.ones(2, 5, dtype=DT)
+    assert drop.eval()(eval_x, shared_dims=(0,)) is eval_x
+    with pytest.raises(ValueError, match="shared_dims"):
+        drop.train()(torch.ones(7, 3, 5, dtype=DT), shared_dims=(2,))  # the rate's own dim
+    with pytest.raises(ValueError, match="shared_dims"):
+        drop(torch.ones(7, 3, 5, dtype=DT), shared_dims=(3,))
+    with pytest.raises(ValueError, match="shared_dims"):
+        drop(torch.ones(7, 3, 5, dtype=DT), shared_dims=0)
+    with pytest.raises(ValueError, match="shared_dims"):
+        ConcreteDropout(mode="channel")(torch.ones(2, 3, 4), shared_dims=(0,))
+
+
 def test_dropout_errors():
     for bad in (0.0, 1.0, -0.1, 1.5, "0.1"):
         with pytest.raises(ValueError, match="init"):

@@ -114,15 +114,26 @@ class ConcreteDropout(nn.Module):
                 f"{tuple(self.logit.shape)}"
             )
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Apply relaxed dropout to ``x`` in training mode; the identity in evaluation mode."""
+    def forward(self, x: Tensor, *, shared_dims: Sequence[int] = ()) -> Tensor:
+        """Apply relaxed dropout to ``x`` in training mode; the identity in evaluation mode.
+
+        Args:
+            x: The input.
+            shared_dims: ``"unit"`` mode only: dimensions of ``x`` along which one mask entry
+                is shared, e.g. ``(0,)`` for variational dropout of a ``(time, batch,
+                features)`` sequence (the same units dropped at every time step), or
+                ``(1,)`` on an embedding matrix ``(features, vocabulary)`` to drop whole
+                words. They must lie outside the rate's trailing dimensions.
+        """
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        shared = self._check_shared_dims(shared_dims, x)
         if not self.training:
             return x
         if self.mode == "unit":
             self._check_trailing("x", x)
-            return x * self._keep_scale(self.logit, x.shape, x)
+            mask_shape = [1 if d in shared else n for d, n in enumerate(x.shape)]
+            return x * self._keep_scale(self.logit, mask_shape, x)
         if x.ndim < 2 or (self.logit.ndim == 1 and x.shape[1] != self.logit.shape[0]):
             raise ValueError(
                 f"x must have shape (batch, {self.logit.shape[0] if self.logit.ndim else 'C'}, "
@@ -131,6 +142,21 @@ class ConcreteDropout(nn.Module):
         trailing = (1,) * (x.ndim - 2)
         logit = self.logit.reshape(*self.logit.shape, *trailing) if self.logit.ndim else self.logit
         return x * self._keep_scale(logit, (*x.shape[:2], *trailing), x)
+
+    def _check_shared_dims(self, shared_dims: Sequence[int], x: Tensor) -> set[int]:
+        if not isinstance(shared_dims, Sequence) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in shared_dims
+        ):
+            raise ValueError(f"shared_dims must be a sequence of ints, got {shared_dims!r}")
+        if shared_dims and self.mode != "unit":
+            raise ValueError("shared_dims applies only in mode='unit'")
+        free = x.ndim - self.logit.ndim  # dimensions the rate does not cover
+        shared = {d % x.ndim if -x.ndim <= d < x.ndim else None for d in shared_dims}
+        if None in shared or any(d >= free for d in shared):
+            raise ValueError(f"shared_dims must name dimensions of x among the first {free} "
+                             f"(x has shape {tuple(x.shape)}, the rate "
+                             f"{tuple(self.logit.shape)}), got {tuple(shared_dims)}")
+        return shared
 
     def drop_connect(self, weight: Tensor) -> Tensor:
         """Relaxed DropConnect: ``weight`` times one relaxed mask (shared by the whole batch),
