@@ -27,6 +27,7 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from optuna_ift._validation import check_int as _check_int
+from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.hypergrad import (
     Neumann,
     NeumannDivergenceWarning,
@@ -213,6 +214,7 @@ class HyperTrainer:
         metric: LossFn | None = None,
         device: str | torch.device = "auto",
         autocast: torch.dtype | None = None,
+        clip_grad_norm: float | None = None,
         callbacks: Iterable[Callback] = (),
         progress: bool = True,
         seed: int = 0,
@@ -248,6 +250,8 @@ class HyperTrainer:
         self.solver = solver
         self.metric = metric
         self.autocast = autocast
+        self.clip_grad_norm = (None if clip_grad_norm is None
+                               else _check_positive("clip_grad_norm", clip_grad_norm))
         self.callbacks = list(callbacks)
         self.progress = progress
 
@@ -294,6 +298,10 @@ class HyperTrainer:
                 self._scaler.scale(loss).backward(inputs=self.weights)
             else:
                 loss.backward(inputs=self.weights)
+            if self.clip_grad_norm is not None:
+                if self._scaler is not None:
+                    self._scaler.unscale_(self.weight_optimizer)
+                torch.nn.utils.clip_grad_norm_(self.weights, self.clip_grad_norm)
             return loss
 
         if isinstance(self.weight_optimizer, torch.optim.LBFGS):

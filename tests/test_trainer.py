@@ -258,3 +258,21 @@ def test_lbfgs_weight_optimizer_gets_its_closure():
     grads = torch.autograd.grad(train_loss(trainer.model, data), trainer.weights)
     assert max(float(g.abs().max()) for g in grads) < 1e-4
     assert trainer.history.skipped == 0
+
+
+def test_clip_grad_norm_bounds_every_weight_step():
+    # With SGD and a tiny clip, each weight step moves the weights by exactly lr * clip.
+    trainer = make_trainer(clip_grad_norm=1e-3, warmup_steps=0, inner_steps=3)
+    before = [w.detach().clone() for w in trainer.weights]
+    trainer._weight_step()
+    moved = torch.sqrt(sum(((w.detach() - b) ** 2).sum() for w, b in zip(trainer.weights, before)))
+    assert float(moved) == pytest.approx(0.2 * 1e-3, rel=1e-4)
+    unclipped = make_trainer()
+    before = [w.detach().clone() for w in unclipped.weights]
+    unclipped._weight_step()
+    moved = torch.sqrt(sum(((w.detach() - b) ** 2).sum()
+                           for w, b in zip(unclipped.weights, before)))
+    assert float(moved) > 10 * 0.2 * 1e-3
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="clip_grad_norm"):
+            make_trainer(clip_grad_norm=bad)
