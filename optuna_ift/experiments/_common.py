@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["progress", "write_results"]
+__all__ = ["Count", "count_warnings", "progress", "write_results"]
 
 
 def progress(*, total: int, desc: str, enable: bool = True) -> tqdm:
@@ -34,3 +37,25 @@ def write_results(out: str | Path, results: dict[str, Any]) -> Path:
     path = out / "results.json"
     path.write_text(json.dumps(_jsonable(results), indent=2) + "\n")
     return path
+
+
+class Count:
+    """How many warnings :func:`count_warnings` caught."""
+
+    value: int = 0
+
+
+@contextlib.contextmanager
+def count_warnings(category: type[Warning]) -> Iterator[Count]:
+    """Count (and silence) warnings of ``category`` raised inside the block; every other
+    warning is re-issued. A study reports the count instead of printing each one."""
+    count = Count()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", category)
+        try:
+            yield count
+        finally:
+            count.value = sum(issubclass(w.category, category) for w in caught)
+    for w in caught:
+        if not issubclass(w.category, category):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

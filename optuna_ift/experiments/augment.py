@@ -27,7 +27,6 @@ import copy
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from torch.nn import functional as F
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.data import DATASETS, load_dataset
-from optuna_ift.experiments._common import progress, write_results
+from optuna_ift.experiments._common import count_warnings, progress, write_results
 from optuna_ift.experiments._models import make_classifier
 from optuna_ift.hypergrad import Identity, Neumann, NeumannDivergenceWarning
 from optuna_ift.hyperparams import AugmentationNet
@@ -296,19 +295,14 @@ def augment(
                                      seed=run_seed)
                 skipped = 0
             else:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", NeumannDivergenceWarning)
+                with count_warnings(NeumannDivergenceWarning) as cut:
                     curve, skipped = _train_augmented(
                         model, data, best, solver=solvers[method], hyper_steps=hyper_steps,
                         inner_steps=inner_steps, lr=lr, hyper_lr=hyper_lr,
                         batch_size=batch_size, val_batch_size=val_batch_size,
                         eval_every=eval_every, noise_scale=noise_scale, seed=run_seed,
                         device=dev)
-                for w in caught:
-                    if issubclass(w.category, NeumannDivergenceWarning):
-                        cut_off += 1
-                    else:
-                        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                cut_off = cut.value
             run = _summarise_run(model, data, best, curve, noise_scale=noise_scale,
                                  seed=run_seed, augmented=method != "none")
             run["skipped_hyper_steps"] = skipped

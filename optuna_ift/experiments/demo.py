@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.data import ClassificationData, load_dataset
-from optuna_ift.experiments._common import write_results
+from optuna_ift.experiments._common import count_warnings, write_results
 from optuna_ift.experiments._models import (
     DecayedClassifier,
     classification_loss,
@@ -304,16 +304,12 @@ def demo(
     objective = make_objective(data=data, artifact_store=store, hyper_steps=hyper_steps,
                                seed=seed + before, device=device)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", NeumannDivergenceWarning)
+        with count_warnings(NeumannDivergenceWarning) as cut:
             study.optimize(objective, n_trials=n_trials, timeout=timeout,
                            show_progress_bar=show_progress, gc_after_trial=False)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    cutoffs = sum(issubclass(w.category, NeumannDivergenceWarning) for w in caught)
-    for w in caught:
-        if not issubclass(w.category, NeumannDivergenceWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    cutoffs = cut.value
 
     summary = _summarise(study, store, top=top)
     dashboard = _dashboard_command(storage_str, artifacts)
