@@ -111,6 +111,88 @@ def _worker(args: argparse.Namespace) -> dict:
                       hyper_steps=args.hyper_steps, checkpoint_every=args.checkpoint_every)
 
 
+# The paper's LSTM (Table 4), for --paper-size.
+_PAPER_LSTM = dict(hidden_size=650, num_layers=2, seq_len=70, batch_size=40, optimizer="sgd",
+                   lr=30.0, clip=0.25, hyper_lr=1e-3, max_train_tokens=None)
+_LSTM_OPTIONS = ("methods", "hidden_size", "num_layers", "seq_len", "batch_size", "epochs",
+                 "optimizer", "lr", "clip", "hyper_lr", "inner_steps", "neumann_steps",
+                 "evaluations")
+
+
+def _lstm(args: argparse.Namespace) -> dict:
+    from optuna_ift.experiments import lstm, lstm_overfit
+
+    common = dict(data_root=args.data_root, seed=args.seed, device=args.device,
+                  show_progress=not args.no_progress)
+    if args.overfit:
+        out = args.out or "runs/lstm-overfit"
+        args.out = out
+        kwargs = {name: getattr(args, name) for name in ("hidden_size", "num_layers", "seq_len",
+                                                         "inner_steps", "neumann_steps", "lr",
+                                                         "hyper_lr")
+                  if getattr(args, name) is not None}
+        if args.hyper_steps is not None:
+            kwargs["hyper_steps"] = args.hyper_steps
+        return lstm_overfit(out=out, **common, **kwargs)
+    args.out = args.out or "runs/lstm"
+    kwargs = dict(_PAPER_LSTM) if args.paper_size else {}
+    kwargs |= {name: getattr(args, name) for name in _LSTM_OPTIONS
+               if getattr(args, name) is not None}
+    if args.max_train_tokens is not None:
+        kwargs["max_train_tokens"] = args.max_train_tokens or None
+    return lstm(out=args.out, **common, **kwargs)
+
+
+def _add_lstm_parser(commands) -> None:
+    p = commands.add_parser(
+        "lstm",
+        help="Table 4 / Fig. 8: tune the dropout rates of an LSTM language model on PTB",
+        description="Train an AWD-style LSTM language model on Penn Treebank four ways on the "
+        "same tokens: regularisers fixed, IFT on the 7 (embedding/input/hidden/output dropout, "
+        "DropConnect, AR, TAR), IFT on a rate per unit and weight, and an Optuna TPE study over "
+        "the 7 with IFT's wall-clock time. With --overfit: Fig. 8 (10 training and 10 "
+        "validation sequences, a weight decay per weight).",
+    )
+    p.add_argument("--data-root", required=True,
+                   help="folder of train.txt, valid.txt and test.txt (Penn Treebank)")
+    p.add_argument("--out", default=None,
+                   help="folder for results.json and PNGs (default runs/lstm or "
+                   "runs/lstm-overfit)")
+    p.add_argument("--overfit", action="store_true",
+                   help="Fig. 8: overfit 10 validation sequences with a decay per weight")
+    p.add_argument("--paper-size", action="store_true",
+                   help="the paper's model and optimizer: 650 units, sequence length 70, batch "
+                   "40, SGD lr 30, clipping 0.25, Adam 1e-3 for hyperparameters, all of "
+                   "train.txt (a GPU job); other flags override single values")
+    p.add_argument("--methods", nargs="+", choices=("none", "ift-7", "ift-many", "tpe"),
+                   default=None, help="methods to run (default: all four)")
+    p.add_argument("--hidden-size", type=_positive_int, default=None)
+    p.add_argument("--num-layers", type=_positive_int, default=None)
+    p.add_argument("--seq-len", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--epochs", type=float, default=None, help="passes over the training tokens")
+    p.add_argument("--max-train-tokens", type=int, default=None,
+                   help="train on the first N tokens of train.txt (0: all of it)")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default=None,
+                   help="weight optimizer")
+    p.add_argument("--lr", type=float, default=None, help="weight learning rate")
+    p.add_argument("--clip", type=float, default=None, help="gradient-norm clipping")
+    p.add_argument("--hyper-lr", type=float, default=None,
+                   help="Adam learning rate of the hyperparameters")
+    p.add_argument("--inner-steps", type=_positive_int, default=None,
+                   help="weight steps per hyper step")
+    p.add_argument("--neumann-steps", type=_positive_int, default=None,
+                   help="Neumann terms per hypergradient")
+    p.add_argument("--evaluations", type=_positive_int, default=None,
+                   help="validation evaluations per run")
+    p.add_argument("--hyper-steps", type=_positive_int, default=None,
+                   help="--overfit only: hyper steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cpu", ...')
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(run=_lstm)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optuna-ift",
@@ -194,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         for flag, keywords in options:
             p.add_argument(flag, **keywords)
         p.set_defaults(run=_run_study)
+    _add_lstm_parser(commands)
     return parser
 
 
