@@ -10,9 +10,9 @@ Both estimators see the same training set and are scored on the same test set:
 ``IFTLogisticRegression`` learns one global decay (``1 / C``) on a 20 % validation split by
 implicit hypergradients and re-trains on all the training data; ``LogisticRegressionCV``
 searches its default 10 values of ``C`` by 5-fold cross-validation (L-BFGS, ``max_iter=100``)
-and re-fits. After one small warm-up fit of each, fits run interleaved (``--repeats`` rounds, alternating order); the table shows
-the median fit time, the test accuracy, and the ratios ours / theirs. Float32 features for
-both (each keeps float32).
+and re-fits. After one small warm-up fit of each, fits run interleaved (``--repeats`` rounds,
+alternating order); the table shows the median fit time, the test accuracy, and the ratios
+ours / theirs. Float32 features for both (each keeps float32).
 
 Run ``python benchmarks/bench_sklearn.py --help`` for the options.
 """

@@ -16,7 +16,6 @@ from torch import nn
 from optuna_ift.hypergrad import Neumann
 from optuna_ift.hyperparams import WeightDecay
 from optuna_ift.integration._trial import (
-    ATTR_CHECKPOINT,
     ATTR_CHECKPOINT_STEP,
     ATTR_LEARNED,
     ATTR_RESUMED_AT_STEP,
