@@ -15,8 +15,11 @@ tokens per second of weight steps is compared. Peak tensor memory of one block o
 steps (+ the hyper step when joint) is measured as in ``bench_trainer.py``, alone ("added")
 and on top of what the run keeps between steps (model, optimizer states, data).
 
-Tokens are random ids (the timing does not depend on the text) unless ``--data-root`` names a
-Penn Treebank folder. Run ``python benchmarks/bench_lstm.py --help`` for the options.
+Tokens are random ids unless ``--data-root`` names a Penn Treebank folder (its first 300,000
+training tokens). Use real text when you can: on random tokens the Hessian is far from positive
+definite, the Neumann series diverges often and each divergence costs an extra eigenvalue
+estimate and a second series (``alpha_refreshes`` in the JSON output), which inflates the cost
+of joint training. Run ``python benchmarks/bench_lstm.py --help`` for the options.
 """
 
 from __future__ import annotations
@@ -173,11 +176,15 @@ def main() -> None:
         "added_peak_bytes": added, "resident_bytes": resident, "total_bytes": total,
         "memory_ratio": {n: total[n] / total["plain"] for n in joint},
         "skipped": {n: t.history.skipped for n, t in joint.items()},
+        # Each refresh is an extra power iteration and a second series (see HyperTrainer).
+        "alpha_refreshes": {n: t.alpha_refreshes for n, t in joint.items()},
+        "hyper_steps": {n: t.hyper_step for n, t in joint.items()},
     }
     mib = 2**20
     print(f"LSTM LM {args.layers}x{args.hidden}, vocab {vocab}, batch {args.batch}x"
           f"{args.seq_len}, N={block}, i={args.neumann}, {device}, "
           f"{torch.get_num_threads()} threads")
+    print(f"alpha refreshes: {results['alpha_refreshes']} in {results['hyper_steps']} hyper steps")
     print(f"{'run':>10} {'hyperparams':>12} {'tokens/s':>10} {'time x':>7} {'peak MiB':>9} "
           f"{'memory x':>9}")
     for name in names:
