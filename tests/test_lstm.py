@@ -95,7 +95,7 @@ def test_training_and_evaluation_modes_differ_as_they_should():
     model.train()
     a, b = model(x), model(x)
     assert not torch.allclose(a, b)  # fresh masks each pass
-    assert model.penalty is not None and float(model.penalty) > 0
+    assert model.penalty is not None and float(model.penalty.detach()) > 0
     # With every rate near zero, training mode computes the evaluation function.
     with torch.no_grad():
         for modules in model.dropout_modules().values():
