@@ -12,12 +12,24 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["Count", "count_warnings", "progress", "write_results"]
+from optuna_ift.trainer import Callback, HyperTrainer
+
+__all__ = ["BarCallback", "Count", "count_warnings", "progress", "write_results"]
 
 
 def progress(*, total: int, desc: str, enable: bool = True) -> tqdm:
     """A tqdm bar that the user can switch off."""
     return tqdm(total=total, desc=desc, disable=not enable, leave=False, dynamic_ncols=True)
+
+
+class BarCallback(Callback):
+    """Advances a progress bar by ``steps`` after every hyper step."""
+
+    def __init__(self, bar: tqdm, steps: int = 1) -> None:
+        self.bar, self.steps = bar, steps
+
+    def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
+        self.bar.update(self.steps)
 
 
 def _jsonable(value: Any) -> Any:

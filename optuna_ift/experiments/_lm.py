@@ -38,16 +38,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from optuna_ift._validation import check_int as _check_int
+from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.hyperparams import ConcreteDropout, HyperParameter
 
-__all__ = ["DROPOUTS", "REGULARIZERS", "LSTMLanguageModel", "lm_train_loss", "lm_val_loss"]
+__all__ = ["DEFAULT_INIT", "DROPOUTS", "REGULARIZERS", "LSTMLanguageModel", "lm_train_loss",
+           "lm_val_loss"]
 
 #: The five dropout rates, in the order of the table above.
 DROPOUTS = ("embedding", "input", "hidden", "output", "weight")
 #: All seven regularisation hyperparameters.
 REGULARIZERS = (*DROPOUTS, "ar", "tar")
 _VARIANTS = ("7", "many", "none")
-_DEFAULT_INIT = {"embedding": 0.1, "input": 0.1, "hidden": 0.1, "output": 0.1, "weight": 0.1,
+#: Initial value of each regulariser unless ``init`` says otherwise.
+DEFAULT_INIT = {"embedding": 0.1, "input": 0.1, "hidden": 0.1, "output": 0.1, "weight": 0.1,
                  "ar": 0.5, "tar": 0.5}
 
 
@@ -99,7 +102,7 @@ class LSTMLanguageModel(nn.Module):
             hidden-to-hidden weight (see the module's table); ``"none"``: no dropout and no
             AR/TAR at all (a plain LSTM, e.g. to tune a weight decay per weight instead).
         init: Initial value of each regulariser by name (rates in (0, 1), coefficients > 0);
-            missing names keep their defaults (every rate 0.1, AR and TAR 0.5).
+            missing names keep :data:`DEFAULT_INIT` (every rate 0.1, AR and TAR 0.5).
         temperature: Temperature of the concrete relaxation of every dropout.
         generator: Random generator of the dropout masks (``None``: the global one).
     """
@@ -125,13 +128,9 @@ class LSTMLanguageModel(nn.Module):
         unknown = set(init) - set(REGULARIZERS)
         if unknown:
             raise ValueError(f"init has unknown names {sorted(unknown)}; allowed: {REGULARIZERS}")
-        values = _DEFAULT_INIT | init
+        values = DEFAULT_INIT | init
         for name in ("ar", "tar"):
-            value = values[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) and value > 0
-            ):
-                raise ValueError(f"init[{name!r}] must be a finite number > 0, got {value!r}")
+            _check_positive(f"init[{name!r}]", values[name])
         self.vocab_size, self.hidden_size, self.num_layers = vocab_size, hidden_size, num_layers
         self.variant = hyperparameters
         self.embedding = nn.Parameter(torch.empty(vocab_size, hidden_size).uniform_(-0.1, 0.1))
@@ -181,12 +180,15 @@ class LSTMLanguageModel(nn.Module):
         return out
 
     @staticmethod
-    def _drop(modules: nn.ModuleList, index: int, x: Tensor, **kwargs) -> Tensor:
-        """``x`` through the dropout of layer ``index`` (its own in "many", the shared one in
-        "7"), or unchanged when there is none."""
-        if not len(modules):
-            return x
-        return modules[min(index, len(modules) - 1)](x, **kwargs)
+    def _pick(modules: nn.ModuleList, index: int) -> ConcreteDropout | None:
+        """The dropout of layer ``index``: its own in "many", the shared one in "7", ``None``
+        when there is none."""
+        return modules[min(index, len(modules) - 1)] if len(modules) else None
+
+    def _drop(self, modules: nn.ModuleList, index: int, x: Tensor) -> Tensor:
+        """Variational dropout of ``x`` shaped ``(time, ...)``: one mask for all time steps."""
+        drop = self._pick(modules, index)
+        return x if drop is None else drop(x, shared_dims=(0,))
 
     # -- forward ----------------------------------------------------------------------------
 
@@ -194,20 +196,18 @@ class LSTMLanguageModel(nn.Module):
         if tokens.ndim != 2 or tokens.dtype != torch.int64:
             raise ValueError(f"tokens must be int64 of shape (batch, time), got "
                              f"{tuple(tokens.shape)} {tokens.dtype}")
-        embedding = self._drop(self.embedding_dropout, 0, self.embedding.t(),
-                               shared_dims=(0,)).t()
+        # Whole words: the embedding seen as (hidden, words), one mask entry per word.
+        embedding = self._drop(self.embedding_dropout, 0, self.embedding.t()).t()
         x = F.embedding(tokens.t(), embedding)  # (time, batch, hidden)
-        x = self._drop(self.input_dropout, 0, x, shared_dims=(0,))
+        x = self._drop(self.input_dropout, 0, x)
         for index, layer in enumerate(self.layers):
-            weight_hh = layer.weight_hh
-            if len(self.weight_dropout):
-                weight_hh = self.weight_dropout[min(index, len(self.weight_dropout) - 1)
-                                                ].drop_connect(weight_hh)
+            connect = self._pick(self.weight_dropout, index)
+            weight_hh = layer.weight_hh if connect is None else connect.drop_connect(
+                layer.weight_hh)
             raw = layer(x, weight_hh)
-            if index == self.num_layers - 1:
-                x = self._drop(self.output_dropout, 0, raw, shared_dims=(0,))
-            else:
-                x = self._drop(self.hidden_dropout, index, raw, shared_dims=(0,))
+            last = index == self.num_layers - 1
+            x = self._drop(self.output_dropout if last else self.hidden_dropout,
+                           0 if last else index, raw)
         self.penalty = None
         if self.training and self.log_ar is not None:
             self.penalty = self.log_ar.exp() * x.pow(2).mean()

@@ -42,7 +42,7 @@ from optuna_ift.experiments._common import count_warnings, progress, write_resul
 from optuna_ift.experiments._models import make_classifier
 from optuna_ift.hypergrad import Identity, Neumann, NeumannDivergenceWarning
 from optuna_ift.hyperparams import AugmentationNet
-from optuna_ift.trainer import Callback, HyperTrainer, Unrolled, resolve_device
+from optuna_ift.trainer import Callback, HyperTrainer, Unrolled, _Batches, resolve_device
 
 __all__ = ["AUGMENT_METHODS", "augment"]
 
@@ -408,18 +408,13 @@ def _train_plain(model: _AugmentedClassifier, data: Any, best: _BestOnValidation
     shuffled mini-batches (ragged tail dropped, as the trainer does)."""
     classifier = model.classifier
     optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    n = data.y_train.shape[0]
-    size = min(batch_size, n)
-    order, position = torch.randperm(n, generator=generator), 0
+    batches = _Batches((data.X_train, data.y_train), batch_size,
+                       torch.Generator().manual_seed(seed))
     curve = []
     classifier.train()
     for step in range(1, steps + 1):
-        index = order[position:position + size].to(data.X_train.device)
-        position += size
-        if position + size > n:
-            order, position = torch.randperm(n, generator=generator), 0
-        loss = F.cross_entropy(classifier(data.X_train[index]), data.y_train[index])
+        x, y = batches.next()[0]
+        loss = F.cross_entropy(classifier(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -34,8 +34,14 @@ from torch import Tensor, nn
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.data import Corpus, load_ptb
-from optuna_ift.experiments._common import count_warnings, progress, write_results
+from optuna_ift.experiments._common import (
+    BarCallback,
+    count_warnings,
+    progress,
+    write_results,
+)
 from optuna_ift.experiments._lm import (
+    DEFAULT_INIT,
     DROPOUTS,
     REGULARIZERS,
     LSTMLanguageModel,
@@ -44,7 +50,7 @@ from optuna_ift.experiments._lm import (
 )
 from optuna_ift.hypergrad import Neumann, NeumannDivergenceWarning
 from optuna_ift.hyperparams import WeightDecay, split_parameters
-from optuna_ift.trainer import Callback, HyperTrainer, resolve_device
+from optuna_ift.trainer import Callback, HyperTrainer, _Batches, resolve_device
 
 __all__ = ["LSTM_METHODS", "lstm", "lstm_overfit", "perplexity"]
 
@@ -103,20 +109,15 @@ def _train_fixed(model: LSTMLanguageModel, train: tuple[Tensor, Tensor], *, weig
                  batch_size: int, optimizer: Callable, clip: float, eval_every: int, run: _Run,
                  seed: int, bar: Any, should_stop: Callable[[dict[str, float]], bool] | None = None,
                  deadline: float | None = None) -> bool:
-    """Train the weights with the regularisers frozen; ``False`` if cut off (by
-    ``should_stop`` after an evaluation, or past ``deadline`` seconds of the run)."""
+    """Train the weights with the regularisers frozen, on mini-batches drawn as the trainer
+    draws them; ``False`` if cut off (by ``should_stop`` after an evaluation, or past
+    ``deadline`` seconds of the run)."""
     weights, _ = split_parameters(model)
     opt = optimizer(weights)
-    generator = torch.Generator().manual_seed(seed)
-    n = train[0].shape[0]
-    order, position = torch.randperm(n, generator=generator), 0
+    batches = _Batches(train, batch_size, torch.Generator().manual_seed(seed))
     model.train()
     for step in range(1, weight_steps + 1):
-        if position + batch_size > n:
-            order, position = torch.randperm(n, generator=generator), 0
-        index = order[position:position + batch_size].to(train[0].device)
-        position += batch_size
-        loss = lm_train_loss(model, (train[0][index], train[1][index]))
+        loss = lm_train_loss(model, batches.next()[0])
         opt.zero_grad(set_to_none=True)
         loss.backward(inputs=weights)
         torch.nn.utils.clip_grad_norm_(weights, clip)
@@ -136,12 +137,11 @@ def _train_fixed(model: LSTMLanguageModel, train: tuple[Tensor, Tensor], *, weig
 class _Track(Callback):
     """Evaluates every ``every`` hyper steps and logs the regularisers."""
 
-    def __init__(self, run: _Run, every: int, bar: Any, inner_steps: int) -> None:
-        self.run, self.every, self.bar, self.inner_steps = run, every, bar, inner_steps
+    def __init__(self, run: _Run, every: int) -> None:
+        self.run, self.every = run, every
         self.regularizers: list[dict[str, Any]] = []
 
     def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
-        self.bar.update(self.inner_steps)
         if trainer.hyper_step % self.every == 0:
             self.run.record(trainer.weight_step, hyper_step=trainer.hyper_step,
                             skipped=trainer.history.skipped)
@@ -205,7 +205,8 @@ def _tpe(*, budget: float, make_model: Callable, train_one: Callable, sets: dict
                   "tokens": run.curve[-1]["tokens"], "seconds": run.elapsed()}
         trials.append(record)
         for point in run.curve:
-            best = min([p["val_ppl"] for p in best_curve] + [point["val_ppl"]])
+            best = min(best_curve[-1]["val_ppl"], point["val_ppl"]) if best_curve else point[
+                "val_ppl"]
             best_curve.append({"seconds": offset + point["seconds"], "val_ppl": best})
         if not finished and not cut:
             raise optuna.TrialPruned()
@@ -343,14 +344,15 @@ def lstm(
             run = _Run(lambda m=model: perplexity(m, sets["valid"]), batch_size * seq_len)
             with progress(total=weight_steps, desc=f"{method} weight steps",
                           enable=show_progress) as bar:
-                track = _Track(run, eval_hyper, bar, inner_steps)
+                track = _Track(run, eval_hyper)
                 track.regularizers.append({"seconds": 0.0, "hyper_step": 0, **_summarise(model)})
                 trainer = HyperTrainer(
                     model, train_loss=lm_train_loss, val_loss=lm_val_loss, train_data=train,
                     val_data=sets["valid"], batch_size=batch_size, weight_optimizer=factory,
                     hyper_optimizer=lambda p: torch.optim.Adam(p, lr=hyper_lr),
                     solver=Neumann(steps=neumann_steps, alpha="auto"), inner_steps=inner_steps,
-                    clip_grad_norm=clip, device=dev, callbacks=[track], progress=False,
+                    clip_grad_norm=clip, device=dev,
+                    callbacks=[BarCallback(bar, inner_steps), track], progress=False,
                     seed=seed)
                 with count_warnings(NeumannDivergenceWarning) as cut:
                     trainer.fit(hyper_steps)
@@ -367,8 +369,7 @@ def lstm(
                    "max_train_tokens": max_train_tokens, "optimizer": optimizer, "lr": lr,
                    "clip": clip, "hyper_lr": hyper_lr, "inner_steps": inner_steps,
                    "neumann_steps": neumann_steps, "weight_steps": weight_steps,
-                   "init": {k: v for k, v in LSTMLanguageModel(2, hidden_size=1, init=init)
-                            .regularizers().items() for v in [float(v.reshape(-1)[0])]},
+                   "init": DEFAULT_INIT | init,
                    "seed": seed, "device": str(dev), "vocab_size": corpus.vocab_size},
     }
     for method, row in table.items():
@@ -475,7 +476,7 @@ def _overfit_corpus(corpus: Corpus, *, out, n_sequences, hidden_size, num_layers
             weight_optimizer=lambda p: torch.optim.Adam(p, lr=lr),
             hyper_optimizer=lambda p: torch.optim.Adam(p, lr=hyper_lr),
             solver=Neumann(steps=neumann_steps, alpha="auto"), inner_steps=inner_steps,
-            alpha_every=10, device=device, callbacks=[_Progress(bar)], progress=False,
+            alpha_every=10, device=device, callbacks=[BarCallback(bar)], progress=False,
             seed=seed)
         start_loss = trainer.evaluate(val, batch_size=n_sequences)["loss"]
         with count_warnings(NeumannDivergenceWarning) as cut:
@@ -504,10 +505,3 @@ def _overfit_corpus(corpus: Corpus, *, out, n_sequences, hidden_size, num_layers
         plot_lstm_overfit(results, Path(out) / "lstm_overfit.png")
     return results
 
-
-class _Progress(Callback):
-    def __init__(self, bar: Any) -> None:
-        self.bar = bar
-
-    def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
-        self.bar.update(1)

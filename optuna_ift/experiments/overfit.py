@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.data import load_dataset
-from optuna_ift.experiments._common import progress, write_results
+from optuna_ift.experiments._common import BarCallback, progress, write_results
 from optuna_ift.experiments._models import (
     MODEL_KINDS,
     DecayedClassifier,
@@ -57,12 +57,6 @@ _SPLITS = ("train", "val", "test")
 _QUANTILES = (0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0)
 
 
-class _Bar(Callback):
-    def __init__(self, bar: Any) -> None:
-        self.bar = bar
-
-    def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
-        self.bar.update(1)
 def _check_models(models: Any) -> tuple[str, ...]:
     allowed = ", ".join(map(repr, MODEL_KINDS))
     if isinstance(models, str) or not isinstance(models, Sequence) or not models:
@@ -271,7 +265,7 @@ def overfit(
                 hyper_optimizer=lambda p: torch.optim.Adam(p, lr=hyper_lr),
                 solver=solver, inner_steps=inner_steps, alpha_every=alpha_every,
                 device=device_,
-                callbacks=[_Bar(bar)], progress=False, seed=seed,
+                callbacks=[BarCallback(bar)], progress=False, seed=seed,
             )
             records = [initial]
 
