@@ -161,7 +161,7 @@ def main() -> None:
     for name, trainer in joint.items():
         resident[name] = resident_bytes(trainer.model, [trainer.weight_optimizer,
                                                         trainer.hyper_optimizer],
-                                        trainer._train.tensors + trainer._val.tensors)
+                                        trainer.train_data.tensors + trainer.val_data.tensors)
     total = {n: added[n] + resident[n] for n in names}
     results = {
         "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -164,7 +164,7 @@ def cost_of_tuning(args, device, kind: str, hidden: int) -> dict:
     memory = {"joint": peak_memory(joint_block, device), "plain": peak_memory(plain_block, device)}
     resident = {
         "joint": resident_bytes(joint.model, [joint.weight_optimizer, joint.hyper_optimizer],
-                                joint._train.tensors + joint._val.tensors),
+                                joint.train_data.tensors + joint.val_data.tensors),
         "plain": resident_bytes(plain.model, [plain.optimizer], (plain.x, plain.y)),
     }
     total = {k: memory[k] + resident[k] for k in memory}

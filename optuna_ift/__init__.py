@@ -19,22 +19,39 @@ from optuna_ift.hypergrad import (
     unrolled_hypergradient,
 )
 from optuna_ift.hyperparams import HyperParameter, split_parameters
-from optuna_ift.trainer import Callback, History, HyperTrainer, Unrolled
+from optuna_ift.trainer import (
+    Callback,
+    EarlyStopping,
+    History,
+    HyperStep,
+    HyperTrainer,
+    KeepBest,
+    LRScheduler,
+    TensorBatches,
+    Unrolled,
+    evaluate,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Callback",
     "ConjugateGradient",
+    "EarlyStopping",
     "Exact",
     "History",
     "HyperParameter",
+    "HyperStep",
     "HyperTrainer",
     "Identity",
+    "KeepBest",
+    "LRScheduler",
     "Neumann",
     "NeumannDivergenceWarning",
     "NonPositiveCurvatureWarning",
+    "TensorBatches",
     "__version__",
+    "evaluate",
     "hypergradient",
     "power_iteration",
     "split_parameters",

@@ -11,7 +11,7 @@ from torch import nn
 
 from optuna_ift import ConjugateGradient, Neumann
 from optuna_ift.hyperparams import HyperParameter, split_parameters
-from optuna_ift.trainer import Callback, HyperTrainer, Unrolled, accuracy
+from optuna_ift.trainer import Callback, HyperStep, HyperTrainer, Unrolled, accuracy
 
 
 class DecayedLinear(nn.Module):
@@ -108,7 +108,7 @@ def test_tuning_lowers_validation_loss_below_untuned_start():
                           hyper_optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
     frozen.fit(30)
     assert torch.equal(frozen.model.log_decay, torch.zeros(3, 10))
-    tuned_val, frozen_val = tuned.evaluate(tuned._val.tensors), frozen.evaluate(frozen._val.tensors)
+    tuned_val, frozen_val = tuned.evaluate(tuned.val_data.tensors), frozen.evaluate(frozen.val_data.tensors)
     assert tuned_val["loss"] < frozen_val["loss"] - 0.05
     assert tuned.evaluate(test)["loss"] < frozen.evaluate(test)["loss"]
     # The decays fell most on the two informative features.
@@ -219,8 +219,10 @@ def test_bf16_autocast_weight_steps():
 
 
 def test_arguments_are_checked():
+    # A model without HyperParameter trains weights-only (tests/test_trainer_open.py); the
+    # hyper step alone refuses it.
     with pytest.raises(ValueError, match="declares no HyperParameter"):
-        make_trainer(nn.Linear(10, 3))
+        HyperStep(nn.Linear(10, 3))
     with pytest.raises(ValueError, match="inner_steps must be an integer >= 1"):
         make_trainer(inner_steps=0)
     with pytest.raises(ValueError, match="same first dimension"):
@@ -238,13 +240,13 @@ def test_stale_neumann_alpha_is_refreshed_on_divergence():
 
     trainer = make_trainer(solver=Neumann(steps=5, alpha="auto"), alpha_every=1000)
     trainer.fit(1)  # the first hyper step estimates alpha = 1 / lambda_max
-    fresh = trainer._alpha
-    trainer._alpha = 50 * fresh  # as if the Hessian had grown 50-fold since the estimate
+    fresh = trainer.hyper.alpha
+    trainer.hyper.alpha = 50 * fresh  # as if the Hessian had grown 50-fold since the estimate
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the refreshed series converges: nothing to warn about
         trainer.fit(2)
     assert trainer.alpha_refreshes == 1
-    assert trainer._alpha == pytest.approx(fresh, rel=0.5)
+    assert trainer.hyper.alpha == pytest.approx(fresh, rel=0.5)
     assert trainer.history.skipped == 0
 
 

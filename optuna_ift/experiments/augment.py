@@ -39,10 +39,17 @@ from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.data import DATASETS, load_dataset
 from optuna_ift.experiments._common import count_warnings, progress, write_results
-from optuna_ift.experiments._models import make_classifier
+from optuna_ift.experiments._models import classification_loss, make_classifier
 from optuna_ift.hypergrad import Identity, Neumann, NeumannDivergenceWarning
 from optuna_ift.hyperparams import AugmentationNet
-from optuna_ift.trainer import Callback, HyperTrainer, Unrolled, _Batches, resolve_device
+from optuna_ift.trainer import (
+    HyperTrainer,
+    KeepBest,
+    Unrolled,
+    accuracy,
+    evaluate,
+    resolve_device,
+)
 
 __all__ = ["AUGMENT_METHODS", "augment"]
 
@@ -82,40 +89,10 @@ def _reset_parameters(module: nn.Module, generator: torch.Generator) -> nn.Modul
     return module
 
 
-class _BestOnValidation(Callback):
-    """Keep a copy of the classifier's weights at its best validation evaluation."""
-
-    def __init__(self, model: _AugmentedClassifier) -> None:
-        self.model = model
-        self.best: tuple[float, float] | None = None
-        self.record: dict[str, float] = {}
-        self.state: dict[str, Tensor] | None = None
-
-    def on_evaluation(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
-        self.offer(record)
-
-    def offer(self, record: dict[str, float]) -> None:
-        key = (record["val_metric"], -record["val_loss"])
-        if self.best is None or key > self.best:
-            self.best = key
-            self.record = dict(record)
-            self.state = copy.deepcopy(self.model.classifier.state_dict())
-
-
-@torch.no_grad()
-def _score(classifier: nn.Module, X: Tensor, y: Tensor, *, batch_size: int = 1000
-           ) -> dict[str, float]:
+def _score(classifier: nn.Module, X: Tensor, y: Tensor) -> dict[str, float]:
     """Mean cross-entropy and accuracy of ``classifier`` on ``(X, y)``, in eval mode."""
-    was_training = classifier.training
-    classifier.eval()
-    loss = correct = 0.0
-    for start in range(0, X.shape[0], batch_size):
-        logits = classifier(X[start:start + batch_size])
-        target = y[start:start + batch_size]
-        loss += float(F.cross_entropy(logits, target, reduction="sum"))
-        correct += float((logits.argmax(-1) == target).sum())
-    classifier.train(was_training)
-    return {"loss": loss / X.shape[0], "accuracy": correct / X.shape[0]}
+    scores = evaluate(classifier, (X, y), classification_loss, metric=accuracy, batch_size=1000)
+    return {"loss": scores["loss"], "accuracy": scores["metric"]}
 
 
 def _noise_maker(scale: float, device: torch.device, seed: int
@@ -287,22 +264,16 @@ def augment(
                                   generator=torch.Generator().manual_seed(run_seed + 10_000))
             net.generator = None  # the noise comes from _noise_maker, seeded per run
             model = _AugmentedClassifier(classifier, net).to(dev)
-            best = _BestOnValidation(model)
-            cut_off = 0
-            if method == "none":
-                curve = _train_plain(model, data, best, steps=weight_steps, lr=lr,
-                                     batch_size=batch_size, eval_every=eval_every * inner_steps,
-                                     seed=run_seed)
-                skipped = 0
-            else:
-                with count_warnings(NeumannDivergenceWarning) as cut:
-                    curve, skipped = _train_augmented(
-                        model, data, best, solver=solvers[method], hyper_steps=hyper_steps,
-                        inner_steps=inner_steps, lr=lr, hyper_lr=hyper_lr,
-                        batch_size=batch_size, val_batch_size=val_batch_size,
-                        eval_every=eval_every, noise_scale=noise_scale, seed=run_seed,
-                        device=dev)
-                cut_off = cut.value
+            best = KeepBest(("val_metric", "val_loss"), mode=("max", "min"), restore=False)
+            with count_warnings(NeumannDivergenceWarning) as cut:
+                curve, skipped = _train(
+                    model, data, best, solver=solvers.get(method), hyper_steps=hyper_steps,
+                    inner_steps=inner_steps, lr=lr, hyper_lr=hyper_lr, batch_size=batch_size,
+                    val_batch_size=val_batch_size, eval_every=eval_every,
+                    noise_scale=noise_scale, seed=run_seed, device=dev)
+            cut_off = cut.value
+            if method == show_method and shown_net is None:  # the augmentation at the end
+                shown_net = copy.deepcopy(net).cpu()
             run = _summarise_run(model, data, best, curve, noise_scale=noise_scale,
                                  seed=run_seed, augmented=method != "none")
             run["skipped_hyper_steps"] = skipped
@@ -311,8 +282,6 @@ def augment(
             runs[method].append(run)
             _logger.info("augment: %s seed %d: test accuracy %.4f (best val %.4f)", method,
                          run_seed, run["test_accuracy"], run["val_accuracy"])
-            if method == show_method and shown_net is None:
-                shown_net = copy.deepcopy(net).cpu()
             bar.update(1)
     bar.close()
 
@@ -389,7 +358,7 @@ def augment(
         _logger.info("augment: %-18s val %s  test %s", row["method"], row["val_accuracy_%"],
                      row["test_accuracy_%"])
     if out is not None:
-        from optuna_ift.plots._augment import plot_augment_accuracy, plot_augmentations
+        from optuna_ift.plots import plot_augment_accuracy, plot_augmentations
 
         out = Path(out)
         figure = results.pop("figure", None)
@@ -401,58 +370,30 @@ def augment(
     return results
 
 
-def _train_plain(model: _AugmentedClassifier, data: Any, best: _BestOnValidation, *,
-                 steps: int, lr: float, batch_size: int, eval_every: int, seed: int
-                 ) -> list[dict[str, float]]:
-    """The baseline: Adam on the cross-entropy of real training images, ``steps`` steps of
-    shuffled mini-batches (ragged tail dropped, as the trainer does)."""
-    classifier = model.classifier
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
-    batches = _Batches((data.X_train, data.y_train), batch_size,
-                       torch.Generator().manual_seed(seed))
-    curve = []
-    classifier.train()
-    for step in range(1, steps + 1):
-        x, y = batches.next()[0]
-        loss = F.cross_entropy(classifier(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % eval_every == 0:
-            val = _score(classifier, data.X_val, data.y_val)
-            record = {"weight_step": step, "val_loss": val["loss"], "val_metric": val["accuracy"]}
-            curve.append(record)
-            best.offer(record)
-    return curve
-
-
-def _train_augmented(model: _AugmentedClassifier, data: Any, best: _BestOnValidation, *,
-                     solver: Any, hyper_steps: int, inner_steps: int, lr: float,
-                     hyper_lr: float, batch_size: int, val_batch_size: int, eval_every: int,
-                     noise_scale: float,
-                     seed: int, device: torch.device) -> tuple[list[dict[str, float]], int]:
-    """Algorithm 1 with the augmentation net's weights as hyperparameters."""
+def _train(model: _AugmentedClassifier, data: Any, best: KeepBest, *, solver: Any,
+           hyper_steps: int, inner_steps: int, lr: float, hyper_lr: float, batch_size: int,
+           val_batch_size: int, eval_every: int, noise_scale: float, seed: int,
+           device: torch.device) -> tuple[list[dict[str, float]], int]:
+    """Algorithm 1 with the augmentation net's weights as hyperparameters; with
+    ``solver=None`` the baseline: the same weight steps on real training images, no
+    augmentation (weights-only)."""
     noise = _noise_maker(noise_scale, device, seed)
 
-    def train_loss(m: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+    def augmented_loss(m: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         x, y = batch
         return F.cross_entropy(m.classifier(m.augment(x, noise=noise(x))), y)
 
-    def val_loss(m: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
-        return F.cross_entropy(m(batch[0]), batch[1])
-
-    def accuracy(m: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
-        return (m(batch[0]).argmax(-1) == batch[1]).float().mean()
-
     trainer = HyperTrainer(
-        model, train_loss=train_loss, val_loss=val_loss,
+        model, train_loss=classification_loss if solver is None else augmented_loss,
+        val_loss=classification_loss,
         train_data=(data.X_train, data.y_train), val_data=(data.X_val, data.y_val),
         batch_size=batch_size, val_batch_size=val_batch_size,
         weight_optimizer=lambda p: torch.optim.Adam(p, lr=lr),
-        hyper_optimizer=lambda p: torch.optim.Adam(p, lr=hyper_lr),
-        solver=solver, inner_steps=inner_steps, eval_data={"val": (data.X_val, data.y_val)},
-        eval_every=eval_every, metric=accuracy, device=device, callbacks=[best],
-        progress=False, seed=seed,
+        hyper_optimizer=None if solver is None else lambda p: torch.optim.Adam(p, lr=hyper_lr),
+        solver=Identity() if solver is None else solver,  # unused by the baseline
+        inner_steps=inner_steps,
+        eval_data={"val": (data.X_val, data.y_val)}, eval_every=eval_every, metric=accuracy,
+        device=device, callbacks=[best], progress=False, seed=seed,
     )
     history = trainer.fit(hyper_steps)
     curve = [{"weight_step": r["weight_step"], "val_loss": r["val_loss"],
@@ -461,29 +402,29 @@ def _train_augmented(model: _AugmentedClassifier, data: Any, best: _BestOnValida
 
 
 @torch.no_grad()
-def _summarise_run(model: _AugmentedClassifier, data: Any, best: _BestOnValidation,
+def _summarise_run(model: _AugmentedClassifier, data: Any, best: KeepBest,
                    curve: list[dict[str, float]], *, noise_scale: float, seed: int,
                    augmented: bool) -> dict[str, Any]:
     """Test scores at the best validation evaluation and at the end; how much the learned
     augmentation moves validation images (mean absolute pixel change, in [0, 1] units)."""
     final_val = _score(model.classifier, data.X_val, data.y_val)
     final_test = _score(model.classifier, data.X_test, data.y_test)
-    if best.state is not None:
-        model.classifier.load_state_dict(best.state)
-    test = _score(model.classifier, data.X_test, data.y_test)
     change = 0.0
-    if augmented:
+    if augmented:  # the learned augmentation at the end of the run
         X = data.X_val
         noise = _noise_maker(noise_scale, X.device, seed + 1)(X)
         moved = model.augment(X, noise=noise) - X
         std = data.std.to(X).view(1, -1, 1, 1)
         change = float((moved * std).abs().mean())
+    if best.best_state is not None:
+        model.load_state_dict(best.best_state)
+    test = _score(model.classifier, data.X_test, data.y_test)
     return {
         "seed": seed,
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
-        "val_accuracy": best.record.get("val_metric", final_val["accuracy"]),
-        "best_weight_step": int(best.record.get("weight_step", -1)),
+        "val_accuracy": best.best_record.get("val_metric", final_val["accuracy"]),
+        "best_weight_step": int(best.best_record.get("weight_step", -1)),
         "final_test_accuracy": final_test["accuracy"],
         "final_val_accuracy": final_val["accuracy"],
         "augmentation_change": change,

@@ -19,11 +19,12 @@ images must be to produce a classifier of a given norm.
 
 Design choices:
 
-- One deterministic fitting procedure, :func:`fit_logistic_regression`, serves everywhere: L-BFGS
-  (strong-Wolfe line search) to a gradient tolerance, from a fresh seeded initialisation. The
-  trainer's weight step *is* that procedure, warm-started (the trainer calls
-  ``optimizer.step()`` without a closure, so a small optimizer wraps L-BFGS with its own
-  closure); the weights therefore sit at the optimum the implicit function theorem assumes.
+- One deterministic fitting procedure serves everywhere: ``torch.optim.LBFGS`` (strong-Wolfe
+  line search) to a gradient tolerance in one weight step of the trainer.
+  :func:`fit_logistic_regression` runs it from a fresh seeded initialisation (a weights-only
+  trainer); inside the distillation it is every weight step, warm-started from the current
+  weights with its curvature pairs cleared after each hyper step, so the weights sit at the
+  optimum the implicit function theorem assumes.
 - The result is judged the honest way: a *fresh* classifier is fitted on the ten distilled
   images alone and scored on the real test set, beside the same procedure on the ten class-mean
   images, on one random real image per class, and on the whole training set.
@@ -46,10 +47,17 @@ from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.data import load_dataset
 from optuna_ift.experiments._common import write_results
-from optuna_ift.experiments._models import make_classifier
+from optuna_ift.experiments._models import classification_loss, make_classifier
 from optuna_ift.hypergrad import ConjugateGradient, Neumann
 from optuna_ift.hyperparams import DistilledData
-from optuna_ift.trainer import Callback, HyperTrainer, resolve_device
+from optuna_ift.trainer import (
+    Callback,
+    HyperTrainer,
+    LRScheduler,
+    accuracy,
+    evaluate,
+    resolve_device,
+)
 
 __all__ = ["INITS", "LR_SCHEDULES", "SOLVERS", "distill", "fit_logistic_regression"]
 
@@ -64,41 +72,32 @@ LR_SCHEDULES = ("cosine", "constant")
 _GRAD_TOL = 1e-5
 
 
-def _lbfgs(params: list[Tensor], loss_fn: Callable[[], Tensor], max_iter: int,
-           grad_tol: float = _GRAD_TOL) -> int:
-    """Minimise ``loss_fn()`` over ``params`` with L-BFGS; returns the iterations taken."""
-    optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, max_eval=2 * max_iter,
-                                  tolerance_grad=grad_tol, tolerance_change=grad_tol**2,
-                                  history_size=20, line_search_fn="strong_wolfe")
+def _lbfgs(max_iter: int, grad_tol: float = _GRAD_TOL
+           ) -> Callable[[list[nn.Parameter]], torch.optim.LBFGS]:
+    """The study's weight optimizer: L-BFGS (strong-Wolfe line search) that, in one step,
+    iterates until no gradient entry exceeds ``grad_tol`` or ``max_iter`` iterations."""
+    return lambda params: torch.optim.LBFGS(
+        params, lr=1.0, max_iter=max_iter, max_eval=2 * max_iter, tolerance_grad=grad_tol,
+        tolerance_change=grad_tol**2, history_size=20, line_search_fn="strong_wolfe")
 
-    def closure() -> Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward(inputs=params)
-        return loss
 
-    optimizer.step(closure)
+def _iterations(optimizer: torch.optim.LBFGS) -> int:
+    """L-BFGS iterations taken since its state was last cleared."""
+    params = optimizer.param_groups[0]["params"]
     return int(optimizer.state[params[0]].get("n_iter", 0))
 
 
-class _LBFGSSolve(torch.optim.Optimizer):
-    """An "optimizer" whose step fits the weights to convergence with L-BFGS (warm start).
+class _FreshLBFGS(Callback):
+    """After each hyper step, forget L-BFGS's curvature pairs (they describe the training
+    problem of the old hyperparameters), so each inner solve is a fresh L-BFGS started at the
+    current weights; records the iterations of each solve."""
 
-    The trainer computes the loss and its gradient, then calls ``step()`` without a closure;
-    this step ignores that gradient and minimises ``loss_fn`` itself. A new L-BFGS is built
-    at every step, since its curvature pairs go stale once the hyperparameters move.
-    """
-
-    def __init__(self, params: list[Tensor], loss_fn: Callable[[], Tensor], max_iter: int):
-        super().__init__(params, {})
-        self.loss_fn = loss_fn
-        self.max_iter = max_iter
+    def __init__(self) -> None:
         self.iterations: list[int] = []
 
-    @torch.enable_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> None:  # noqa: ARG002
-        params = self.param_groups[0]["params"]
-        self.iterations.append(_lbfgs(params, self.loss_fn, self.max_iter))
+    def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
+        self.iterations.append(_iterations(trainer.weight_optimizer))
+        trainer.weight_optimizer.state.clear()
 
 
 def _penalty(classifier: nn.Module, decay: float) -> Tensor:
@@ -140,14 +139,16 @@ def fit_logistic_regression(
         for p in classifier.parameters():
             p.copy_(0.01 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
     classifier = classifier.to(images.device, images.dtype)
-    params = list(classifier.parameters())
 
-    def loss_fn() -> Tensor:
-        return F.cross_entropy(classifier(images), targets) + _penalty(classifier, decay)
+    def loss_fn(model: nn.Module, batch: None) -> Tensor:  # noqa: ARG001 (no batches)
+        return F.cross_entropy(model(images), targets) + _penalty(model, decay)
 
-    iterations = _lbfgs(params, loss_fn, max_iter, grad_tol)
+    trainer = HyperTrainer(classifier, train_loss=loss_fn, train_data=None,
+                           weight_optimizer=_lbfgs(max_iter, grad_tol), hyper_optimizer=None,
+                           inner_steps=1, device=images.device, progress=False)
+    trainer.fit(1)  # one weight step: L-BFGS to convergence
     classifier.requires_grad_(False)
-    return classifier, iterations
+    return classifier, _iterations(trainer.weight_optimizer)
 
 
 def _as_chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -157,14 +158,9 @@ def _as_chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return (1, 1, math.prod(shape))
 
 
-@torch.no_grad()
-def _score(classifier: nn.Module, X: Tensor, y: Tensor, batch: int = 4096) -> dict[str, float]:
-    correct, loss = 0.0, 0.0
-    for start in range(0, X.shape[0], batch):
-        logits = classifier(X[start:start + batch])
-        correct += float((logits.argmax(-1) == y[start:start + batch]).sum())
-        loss += float(F.cross_entropy(logits, y[start:start + batch], reduction="sum"))
-    return {"accuracy": correct / X.shape[0], "loss": loss / X.shape[0]}
+def _score(classifier: nn.Module, X: Tensor, y: Tensor) -> dict[str, float]:
+    scores = evaluate(classifier, (X, y), classification_loss, metric=accuracy, batch_size=4096)
+    return {"accuracy": scores["metric"], "loss": scores["loss"]}
 
 
 class _DistillModel(nn.Module):
@@ -190,14 +186,6 @@ class _FreshEvaluation(Callback):
             self.records.append({"hyper_step": trainer.hyper_step, **self.evaluate()})
 
 
-class _StepSchedule(Callback):
-    """Steps a learning-rate scheduler of the hyper optimizer after each hyper step."""
-
-    def __init__(self, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
-        self.scheduler = scheduler
-
-    def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
-        self.scheduler.step()
 def distill(
     *,
     dataset: str = "digits",
@@ -350,26 +338,21 @@ def distill(
     fresh = _FreshEvaluation(eval_every, lambda: judge(*current(), test=False))
     fresh.records.append({"hyper_step": 0, **{k: v for k, v in initial.items()
                                                if k != "test_accuracy"}})
-    weight_optimizers: list[_LBFGSSolve] = []
-
-    def weight_optimizer(params: list[nn.Parameter]) -> _LBFGSSolve:
-        optimizer = _LBFGSSolve(params, lambda: train_loss(model, None), fit_iterations)
-        weight_optimizers.append(optimizer)
-        return optimizer
-
+    fresh_lbfgs = _FreshLBFGS()
     inverse = (ConjugateGradient(steps=solver_steps, tol=1e-6) if solver == "cg"
                else Neumann(steps=solver_steps, alpha="auto"))
     trainer = HyperTrainer(
         model, train_loss=train_loss, val_loss=val_loss, train_data=None,
         val_data=(data.X_train, data.y_train), batch_size=batch_size,
-        weight_optimizer=weight_optimizer,
+        weight_optimizer=_lbfgs(fit_iterations),
         hyper_optimizer=lambda p: torch.optim.Adam(p, lr=hyper_lr),
-        solver=inverse, inner_steps=1, callbacks=[fresh], device=dev,
+        solver=inverse, inner_steps=1, callbacks=[fresh, fresh_lbfgs], device=dev,
         progress=show_progress, seed=seed,
     )
     if lr_schedule == "cosine":
-        trainer.callbacks.append(_StepSchedule(
-            torch.optim.lr_scheduler.CosineAnnealingLR(trainer.hyper_optimizer, hyper_steps)))
+        trainer.callbacks.append(LRScheduler(
+            lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, hyper_steps),
+            optimizer="hyper"))
     _logger.info("distill: %d hyper steps", hyper_steps)
     history = trainer.fit(hyper_steps)
     if fresh.records[-1]["hyper_step"] != hyper_steps:
@@ -409,7 +392,7 @@ def distill(
                                 for key in ("val_loss", "train_loss", "hypergradient_norm")},
         "skipped_hypergradients": history.skipped,
         "inner_lbfgs_iterations_mean": (
-            sum(weight_optimizers[0].iterations) / max(len(weight_optimizers[0].iterations), 1)),
+            sum(fresh_lbfgs.iterations) / max(len(fresh_lbfgs.iterations), 1)),
         "class_names": classes,
         "distilled_targets": targets.tolist() if learn_labels else labels.tolist(),
         "distilled_pixel_range": [float(pixels.min()), float(pixels.max())],
@@ -420,7 +403,7 @@ def distill(
                  results["test_accuracy"], baseline_means["test_accuracy"],
                  baseline_random["test_accuracy"], baseline_full["test_accuracy"])
     if out is not None:
-        from optuna_ift.plots._distill import plot_distill_curve, plot_distilled_images
+        from optuna_ift.plots import plot_distill_curve, plot_distilled_images
 
         out = Path(out)
         write_results(out, results)

@@ -50,7 +50,7 @@ from optuna_ift.experiments._lm import (
 )
 from optuna_ift.hypergrad import Neumann, NeumannDivergenceWarning
 from optuna_ift.hyperparams import WeightDecay, split_parameters
-from optuna_ift.trainer import Callback, HyperTrainer, _Batches, resolve_device
+from optuna_ift.trainer import Callback, HyperTrainer, evaluate, resolve_device
 
 __all__ = ["LSTM_METHODS", "lstm", "lstm_overfit", "perplexity"]
 
@@ -62,20 +62,10 @@ _OPTIMIZERS = ("adam", "sgd")
 _QUANTILES = (0.1, 0.5, 0.9)
 
 
-@torch.no_grad()
 def perplexity(model: nn.Module, data: tuple[Tensor, Tensor], *, batch_size: int = 64) -> float:
     """``exp`` of the mean next-word cross-entropy of ``model`` (in eval mode) over
     ``data = (inputs, targets)``."""
-    was_training = model.training
-    model.eval()
-    try:
-        total = 0.0
-        for start in range(0, data[0].shape[0], batch_size):
-            batch = tuple(t[start:start + batch_size] for t in data)
-            total += float(lm_val_loss(model, batch)) * batch[0].shape[0]
-    finally:
-        model.train(was_training)
-    return math.exp(total / data[0].shape[0])
+    return math.exp(evaluate(model, data, lm_val_loss, batch_size=batch_size)["loss"])
 
 
 def _optimizer_factory(name: str, lr: float
@@ -105,49 +95,38 @@ class _Run:
         return point
 
 
-def _train_fixed(model: LSTMLanguageModel, train: tuple[Tensor, Tensor], *, weight_steps: int,
-                 batch_size: int, optimizer: Callable, clip: float, eval_every: int, run: _Run,
-                 seed: int, bar: Any, should_stop: Callable[[dict[str, float]], bool] | None = None,
-                 deadline: float | None = None) -> bool:
-    """Train the weights with the regularisers frozen, on mini-batches drawn as the trainer
-    draws them; ``False`` if cut off (by ``should_stop`` after an evaluation, or past
-    ``deadline`` seconds of the run)."""
-    weights, _ = split_parameters(model)
-    opt = optimizer(weights)
-    batches = _Batches(train, batch_size, torch.Generator().manual_seed(seed))
-    model.train()
-    for step in range(1, weight_steps + 1):
-        loss = lm_train_loss(model, batches.next()[0])
-        opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=weights)
-        torch.nn.utils.clip_grad_norm_(weights, clip)
-        opt.step()
-        bar.update(1)
-        if step % eval_every == 0 or step == weight_steps:
-            point = run.record(step)
-            if should_stop is not None and should_stop(point):
-                return False
-        if deadline is not None and run.elapsed() > deadline:
-            if not run.curve or run.curve[-1]["weight_step"] != step:
-                run.record(step)
-            return False
-    return True
-
-
 class _Track(Callback):
-    """Evaluates every ``every`` hyper steps and logs the regularisers."""
+    """The learning curve of a run: evaluates after every ``every`` hyper steps and the last,
+    logs the regularisers; stops the run when ``should_stop(point)`` says so after an
+    evaluation, or after the weight step that passes ``deadline`` seconds."""
 
-    def __init__(self, run: _Run, every: int) -> None:
-        self.run, self.every = run, every
+    def __init__(self, run: _Run, every: int, last: int, *,
+                 should_stop: Callable[[dict[str, float]], bool] | None = None,
+                 deadline: float | None = None) -> None:
+        self.run, self.every, self.last = run, every, last
+        self.should_stop, self.deadline = should_stop, deadline
+        self.finished = True
         self.regularizers: list[dict[str, Any]] = []
 
+    def on_weight_step(self, trainer: HyperTrainer, loss: Tensor) -> None:
+        if self.deadline is not None and self.run.elapsed() > self.deadline:
+            if not self.run.curve or self.run.curve[-1]["weight_step"] != trainer.weight_step:
+                self.run.record(trainer.weight_step, hyper_step=trainer.hyper_step,
+                                skipped=trainer.history.skipped)
+            self.finished = False
+            trainer.stop()
+
     def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
-        if trainer.hyper_step % self.every == 0:
-            self.run.record(trainer.weight_step, hyper_step=trainer.hyper_step,
-                            skipped=trainer.history.skipped)
-            self.regularizers.append({"seconds": self.run.elapsed(),
-                                      "hyper_step": trainer.hyper_step,
-                                      **_summarise(trainer.model)})
+        if trainer.hyper_step % self.every and trainer.hyper_step != self.last:
+            return
+        point = self.run.record(trainer.weight_step, hyper_step=trainer.hyper_step,
+                                skipped=trainer.history.skipped)
+        self.regularizers.append({"seconds": self.run.elapsed(),
+                                  "hyper_step": trainer.hyper_step,
+                                  **_summarise(trainer.model)})
+        if self.should_stop is not None and self.should_stop(point):
+            self.finished = False
+            trainer.stop()
 
 
 def _summarise(model: LSTMLanguageModel) -> dict[str, Any]:
@@ -314,15 +293,28 @@ def lstm(
                                   generator=generator)
         return model.to(dev)
 
-    def train_one(model, *, should_stop=None, deadline=None) -> tuple[_Run, bool]:
+    def fit(model: LSTMLanguageModel, *, tune: bool, should_stop=None, deadline=None,
+              desc: str = "weight steps") -> tuple[_Run, _Track, HyperTrainer, int]:
+        """Joint training (``tune``), or the weights alone with the regularisers fixed;
+        returns the run, its tracker, the trainer and the Neumann series cut off."""
         run = _Run(lambda: perplexity(model, sets["valid"]), batch_size * seq_len)
-        with progress(total=weight_steps, desc="weight steps", enable=show_progress) as bar:
-            finished = _train_fixed(model, train, weight_steps=weight_steps,
-                                    batch_size=batch_size, optimizer=factory, clip=clip,
-                                    eval_every=eval_hyper * inner_steps, run=run,
-                                    seed=seed, bar=bar, should_stop=should_stop,
-                                    deadline=deadline)
-        return run, finished
+        track = _Track(run, eval_hyper, hyper_steps, should_stop=should_stop, deadline=deadline)
+        track.regularizers.append({"seconds": 0.0, "hyper_step": 0, **_summarise(model)})
+        with progress(total=weight_steps, desc=desc, enable=show_progress) as bar:
+            trainer = HyperTrainer(
+                model, train_loss=lm_train_loss, val_loss=lm_val_loss, train_data=train,
+                val_data=sets["valid"], batch_size=batch_size, weight_optimizer=factory,
+                hyper_optimizer=(lambda p: torch.optim.Adam(p, lr=hyper_lr)) if tune else None,
+                solver=Neumann(steps=neumann_steps, alpha="auto"), inner_steps=inner_steps,
+                clip_grad_norm=clip, device=dev,
+                callbacks=[BarCallback(bar, inner_steps), track], progress=False, seed=seed)
+            with count_warnings(NeumannDivergenceWarning) as cut:
+                trainer.fit(hyper_steps)
+        return run, track, trainer, cut.value
+
+    def train_one(model, *, should_stop=None, deadline=None) -> tuple[_Run, bool]:
+        run, track, _, _ = fit(model, tune=False, should_stop=should_stop, deadline=deadline)
+        return run, track.finished
 
     table: dict[str, dict[str, Any]] = {}
     learned: dict[str, list[dict[str, Any]]] = {}
@@ -337,29 +329,14 @@ def lstm(
         variant = {"none": "7", "ift-7": "7", "ift-many": "many"}[method]
         model = make_model(variant, init)
         n_weights, n_hyper = _count(model)
-        if method == "none":
-            run, _ = train_one(model)
-            table[method] = _final(model, run, sets, tokens) | {"hyperparameters": 0}
-        else:
-            run = _Run(lambda m=model: perplexity(m, sets["valid"]), batch_size * seq_len)
-            with progress(total=weight_steps, desc=f"{method} weight steps",
-                          enable=show_progress) as bar:
-                track = _Track(run, eval_hyper)
-                track.regularizers.append({"seconds": 0.0, "hyper_step": 0, **_summarise(model)})
-                trainer = HyperTrainer(
-                    model, train_loss=lm_train_loss, val_loss=lm_val_loss, train_data=train,
-                    val_data=sets["valid"], batch_size=batch_size, weight_optimizer=factory,
-                    hyper_optimizer=lambda p: torch.optim.Adam(p, lr=hyper_lr),
-                    solver=Neumann(steps=neumann_steps, alpha="auto"), inner_steps=inner_steps,
-                    clip_grad_norm=clip, device=dev,
-                    callbacks=[BarCallback(bar, inner_steps), track], progress=False,
-                    seed=seed)
-                with count_warnings(NeumannDivergenceWarning) as cut:
-                    trainer.fit(hyper_steps)
+        run, track, trainer, cut = fit(model, tune=method != "none",
+                                       desc=f"{method} weight steps")
+        table[method] = _final(model, run, sets, tokens) | {"hyperparameters": 0}
+        if method != "none":
             learned[method] = track.regularizers
-            table[method] = _final(model, run, sets, tokens) | {
+            table[method] |= {
                 "hyperparameters": n_hyper, "skipped": trainer.history.skipped,
-                "neumann_cut_off": cut.value, "hyper_steps": hyper_steps,
+                "neumann_cut_off": cut, "hyper_steps": hyper_steps,
                 "alpha_refreshes": trainer.alpha_refreshes, "final": _summarise(model)}
         table[method]["weights"] = n_weights
     results = {

@@ -25,19 +25,17 @@ import copy
 import logging
 import math
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.data import load_dataset
-from optuna_ift.experiments._common import BarCallback, progress, write_results
+from optuna_ift.experiments._common import BarCallback, count_warnings, progress, write_results
 from optuna_ift.experiments._models import (
     MODEL_KINDS,
     DecayedClassifier,
@@ -47,7 +45,7 @@ from optuna_ift.experiments._models import (
 )
 from optuna_ift.hypergrad import Neumann, NeumannDivergenceWarning
 from optuna_ift.hyperparams import WeightDecay, split_parameters
-from optuna_ift.trainer import Callback, HyperTrainer, resolve_device
+from optuna_ift.trainer import Callback, HyperTrainer, accuracy, evaluate, resolve_device
 
 __all__ = ["overfit"]
 
@@ -69,26 +67,28 @@ def _check_models(models: Any) -> tuple[str, ...]:
     return tuple(models)
 
 
-@torch.no_grad()
-def _evaluate(model: nn.Module, sets: dict[str, tuple[Tensor, Tensor]],
-              batch_size: int = 1000) -> dict[str, float]:
+def _evaluate(model: nn.Module, sets: dict[str, tuple[Tensor, Tensor]]) -> dict[str, float]:
     """Accuracy and cross-entropy of ``model`` (eval mode) on each named set."""
-    was_training = model.training
-    model.eval()
     record: dict[str, float] = {}
-    try:
-        for name, (X, y) in sets.items():
-            correct, loss = 0.0, 0.0
-            for start in range(0, len(y), batch_size):
-                logits = model(X[start:start + batch_size])
-                target = y[start:start + batch_size]
-                correct += float((logits.argmax(-1) == target).sum())
-                loss += float(F.cross_entropy(logits, target, reduction="sum"))
-            record[f"{name}_accuracy"] = correct / len(y)
-            record[f"{name}_loss"] = loss / len(y)
-    finally:
-        model.train(was_training)
+    for name, data in sets.items():
+        scores = evaluate(model, data, classification_loss, metric=accuracy, batch_size=1000)
+        record[f"{name}_accuracy"], record[f"{name}_loss"] = scores["metric"], scores["loss"]
     return record
+
+
+class _EvaluateAt(Callback):
+    """Evaluates every set after the hyper steps in ``at`` (and once at the start)."""
+
+    def __init__(self, at: Sequence[int], sets: dict[str, tuple[Tensor, Tensor]],
+                 model: nn.Module) -> None:
+        self.at, self.sets = set(at), sets
+        self.records = [{"hyper_step": 0, "weight_step": 0, **_evaluate(model, sets)}]
+
+    def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
+        if trainer.hyper_step in self.at:
+            self.records.append({"hyper_step": trainer.hyper_step,
+                                 "weight_step": trainer.weight_step,
+                                 **_evaluate(trainer.model, self.sets)})
 
 
 def _curves(records: list[dict[str, float]]) -> dict[str, list[float]]:
@@ -118,37 +118,6 @@ def _decay_summary(decay: WeightDecay, *, init_decay: float, bins: int = 40) -> 
         "histogram_edges": torch.linspace(low, high, bins + 1).tolist(),
         "histogram_counts": [int(c) for c in counts.tolist()],
     }
-
-
-def _train_baseline(model: DecayedClassifier, *, data: Any, sets: dict[str, Any],
-                    weight_steps: int, eval_at: Sequence[int], inner_steps: int,
-                    weight_lr: float, batch_size: int, seed: int, bar: Any
-                    ) -> list[dict[str, float]]:
-    """Adam on the training loss with the decays frozen at their initial value."""
-    weights, _ = split_parameters(model)
-    optimizer = torch.optim.Adam(weights, lr=weight_lr)
-    generator = torch.Generator().manual_seed(seed)
-    n = data.y_train.shape[0]
-    due = set(eval_at)
-    records = []
-    order, position = torch.randperm(n, generator=generator), 0
-    model.train()
-    for step in range(1, weight_steps + 1):
-        if position + batch_size > n:
-            order, position = torch.randperm(n, generator=generator), 0
-        index = order[position:position + batch_size].to(data.X_train.device)
-        position += batch_size
-        loss = decayed_train_loss(model, (data.X_train[index], data.y_train[index]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward(inputs=weights)
-        optimizer.step()
-        if step % inner_steps == 0:
-            bar.update(1)
-            hyper_step = step // inner_steps
-            if hyper_step in due:
-                records.append({"hyper_step": hyper_step, "weight_step": step,
-                                **_evaluate(model, sets)})
-    return records
 
 
 def overfit(
@@ -243,6 +212,21 @@ def overfit(
     eval_at = sorted(set(range(eval_every, hyper_steps + 1, eval_every)) | {hyper_steps})
     solver = Neumann(steps=neumann_steps, alpha="auto")
 
+    def train(model: DecayedClassifier, *, tune: bool) -> tuple[HyperTrainer, list]:
+        """Joint training, or (``tune=False``) the same weight steps with the decays fixed at
+        ``init_decay``: the baseline. Returns the trainer and the evaluations."""
+        evaluations = _EvaluateAt(eval_at, sets, model)
+        trainer = HyperTrainer(
+            model, train_loss=decayed_train_loss, val_loss=classification_loss,
+            train_data=sets["train"], val_data=sets["val"], batch_size=n_train,
+            val_batch_size=n_val, weight_optimizer=lambda p: torch.optim.Adam(p, lr=weight_lr),
+            hyper_optimizer=(lambda p: torch.optim.Adam(p, lr=hyper_lr)) if tune else None,
+            solver=solver, inner_steps=inner_steps, alpha_every=alpha_every, device=device_,
+            callbacks=[BarCallback(bar), evaluations], progress=False, seed=seed,
+        )
+        trainer.fit(hyper_steps)
+        return trainer, evaluations.records
+
     per_model: dict[str, Any] = {}
     bar = progress(total=2 * hyper_steps * len(models), desc="overfit", enable=show_progress)
     try:
@@ -254,44 +238,17 @@ def overfit(
                                       channels=channels)
             model = DecayedClassifier(net, init_decay=init_decay, include_biases=True).to(device_)
             baseline = copy.deepcopy(model)
-            weights, hyperparameters = split_parameters(model)
-            initial = {"hyper_step": 0, "weight_step": 0, **_evaluate(model, sets)}
+            weights, _ = split_parameters(model)
 
-            trainer = HyperTrainer(
-                model, train_loss=decayed_train_loss, val_loss=classification_loss,
-                train_data=sets["train"], val_data=sets["val"],
-                batch_size=n_train, val_batch_size=n_val,
-                weight_optimizer=lambda p: torch.optim.Adam(p, lr=weight_lr),
-                hyper_optimizer=lambda p: torch.optim.Adam(p, lr=hyper_lr),
-                solver=solver, inner_steps=inner_steps, alpha_every=alpha_every,
-                device=device_,
-                callbacks=[BarCallback(bar)], progress=False, seed=seed,
-            )
-            records = [initial]
-
-            class _Evaluate(Callback):
-                def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
-                    if trainer.hyper_step in eval_at:
-                        records.append({"hyper_step": trainer.hyper_step,
-                                        "weight_step": trainer.weight_step,
-                                        **_evaluate(trainer.model, sets)})
-
-            trainer.callbacks.append(_Evaluate())
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", NeumannDivergenceWarning)
-                history = trainer.fit(hyper_steps)
-            cutoffs = sum(issubclass(w.category, NeumannDivergenceWarning) for w in caught)
-            for w in caught:
-                if not issubclass(w.category, NeumannDivergenceWarning):
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            with count_warnings(NeumannDivergenceWarning) as cut:
+                trainer, records = train(model, tune=True)
+            history = trainer.history
+            cutoffs = cut.value
             if cutoffs:
                 _logger.info("overfit %s: %d Neumann series cut off", kind, cutoffs)
 
             tuned = _curves(records)
-            base = _curves([initial] + _train_baseline(
-                baseline, data=data, sets=sets, weight_steps=hyper_steps * inner_steps,
-                eval_at=eval_at, inner_steps=inner_steps, weight_lr=weight_lr,
-                batch_size=n_train, seed=seed, bar=bar))
+            base = _curves(train(baseline, tune=False)[1])
             perfect = [s for s, a in zip(tuned["hyper_step"], tuned["val_accuracy"]) if a >= 1.0]
             per_model[kind] = {
                 "num_weights": sum(w.numel() for w in weights),
@@ -359,7 +316,7 @@ def overfit(
         "seconds": time.perf_counter() - started,
     }
     if out is not None:
-        from optuna_ift.plots._overfit import plot_overfit, plot_overfit_decays
+        from optuna_ift.plots import plot_overfit, plot_overfit_decays
 
         out = Path(out)
         write_results(out, results)

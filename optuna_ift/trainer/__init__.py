@@ -1,0 +1,54 @@
+"""Training with hyperparameters: ``HyperTrainer`` (Algorithm 1), the ``HyperStep`` it is built
+on, the data sources it draws from and the callbacks it calls.
+
+- :class:`HyperTrainer` owns the loop: ``inner_steps`` weight steps, then one hyper step,
+  with evaluation, callbacks, progress, checkpoints and exact resume; weights-only when the
+  model has no hyperparameters (or ``hyper_optimizer=None``).
+- :class:`HyperStep` is one guarded hyper step from two loss tensors, for your own loop (and
+  the Lightning callback in :mod:`optuna_ift.lightning`).
+- :class:`TensorBatches` batches in-memory tensors resumably; any ``DataLoader`` or iterable of
+  batches works as well.
+- :class:`Callback` and the ready :class:`LRScheduler`, :class:`EarlyStopping`,
+  :class:`KeepBest`; :func:`evaluate` is the one evaluation function of the project.
+"""
+
+from __future__ import annotations
+
+from optuna_ift.trainer._callbacks import (
+    Callback,
+    EarlyStopping,
+    KeepBest,
+    LRScheduler,
+    check_callbacks,
+)
+from optuna_ift.trainer._data import BatchStream, TensorBatches, batch_size_of, move_batch
+from optuna_ift.trainer._step import HyperStep, Unrolled, rmsprop
+from optuna_ift.trainer._trainer import (
+    History,
+    HyperTrainer,
+    accuracy,
+    adam,
+    evaluate,
+    resolve_device,
+)
+
+__all__ = [
+    "BatchStream",
+    "Callback",
+    "EarlyStopping",
+    "History",
+    "HyperStep",
+    "HyperTrainer",
+    "KeepBest",
+    "LRScheduler",
+    "TensorBatches",
+    "Unrolled",
+    "accuracy",
+    "adam",
+    "batch_size_of",
+    "check_callbacks",
+    "evaluate",
+    "move_batch",
+    "resolve_device",
+    "rmsprop",
+]

@@ -1,0 +1,613 @@
+"""``HyperTrainer``: joint optimisation of weights and hyperparameters (Algorithm 1).
+
+Repeat: ``inner_steps`` optimizer steps on the weights with the training loss, then one
+:class:`~optuna_ift.trainer.HyperStep` on the hyperparameters along the implicit hypergradient
+of the validation loss. The model is any ``nn.Module`` that declares its hyperparameters as
+:class:`~optuna_ift.HyperParameter`; the two losses are plain functions
+``loss(model, batch) -> scalar``, so the trainer knows nothing of what the model does with
+them. A model without hyperparameters (or ``hyper_optimizer=None``) trains the same way with
+no hyper step: the weights-only mode every baseline uses.
+
+Data is any source of batches (:mod:`optuna_ift.trainer._data`); the trainer moves each batch to
+the device when it uses it. Checkpoints hold the model, the optimizers, the hyper step's state,
+the history, the callbacks' states, the random state and where each data source is, so
+:meth:`HyperTrainer.save` / :meth:`HyperTrainer.resume` continue a run exactly when the
+sources can say where they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from optuna_ift._validation import check_int, check_positive
+from optuna_ift.hypergrad import Neumann, Solver, unrolled_hypergradient
+from optuna_ift.hyperparams import split_parameters
+from optuna_ift.trainer._callbacks import check_callbacks
+from optuna_ift.trainer._data import (
+    BatchStream,
+    TensorBatches,
+    as_source,
+    batch_size_of,
+    check_tensors,
+    move_batch,
+)
+from optuna_ift.trainer._step import (
+    HyperStep,
+    OptimizerFactory,
+    Unrolled,
+    build_optimizer,
+    rmsprop,
+)
+
+__all__ = ["History", "HyperTrainer", "accuracy", "adam", "evaluate", "resolve_device"]
+
+Batch = Any
+LossFn = Callable[[nn.Module, Batch], Tensor]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is CUDA when present, else the CPU; anything else goes to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def accuracy(model: nn.Module, batch: Batch) -> Tensor:
+    """Share of ``batch = (inputs, labels, ...)`` that ``model(inputs).argmax(-1)`` gets right."""
+    return (model(batch[0]).argmax(-1) == batch[1]).float().mean()
+
+
+def adam(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The default weight optimizer: Adam with learning rate 1e-4 (the paper's choice for
+    CNNs)."""
+    return torch.optim.Adam(params, lr=1e-4)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _eval_batches(data: Any, batch_size: int) -> Iterable[Any]:
+    """One ordered pass over ``data``: tensors (or a ``TensorBatches``' tensors) in slices of
+    ``batch_size`` rows, anything else as it iterates."""
+    if isinstance(data, TensorBatches):
+        data = data.tensors
+    if isinstance(data, torch.utils.data.TensorDataset):
+        data = data.tensors
+    if isinstance(data, Tensor):
+        data = (data,)
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
+        tensors = check_tensors("data", data)
+        n = tensors[0].shape[0]
+        return (tuple(t[start:start + batch_size] for t in tensors)
+                for start in range(0, n, batch_size))
+    return as_source("data", data, batch_size=batch_size, seed=0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Any, loss: LossFn, *, metric: LossFn | None = None,
+             batch_size: int = 1024, device: str | torch.device | None = None
+             ) -> dict[str, float]:
+    """Mean ``loss`` (and ``metric``) of ``model`` over one pass of ``data``, in eval mode.
+
+    Every batch weighs by its number of examples, so the result is the mean over examples.
+    The model's training mode is restored afterwards.
+
+    Args:
+        model: The module.
+        data: Tensors (a tensor, a tuple of tensors, a ``TensorDataset`` or a
+            :class:`TensorBatches`, all evaluated in order in slices of ``batch_size``), a
+            ``DataLoader`` or any iterable of batches (one pass).
+        loss: ``loss(model, batch) -> scalar``.
+        metric: ``metric(model, batch) -> scalar``, e.g. :func:`accuracy`.
+        batch_size: Rows per slice of in-memory tensors.
+        device: Where batches go; default the model's device.
+
+    Returns:
+        ``{"loss": ...}``, with ``"metric"`` when ``metric`` is given.
+    """
+    batch_size = check_int("batch_size", batch_size, 1)
+    device = _model_device(model) if device is None else resolve_device(device)
+    totals, count = {"loss": 0.0, "metric": 0.0}, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in _eval_batches(data, batch_size):
+            batch = move_batch(batch, device, name="data")
+            size = batch_size_of(batch)
+            totals["loss"] += float(loss(model, batch)) * size
+            if metric is not None:
+                totals["metric"] += float(metric(model, batch)) * size
+            count += size
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("data yielded no batch")
+    result = {"loss": totals["loss"] / count}
+    if metric is not None:
+        result["metric"] = totals["metric"] / count
+    return result
+
+
+@dataclass
+class History:
+    """What happened: one record per hyper step and one per evaluation."""
+
+    hyper_steps: list[dict[str, float]] = field(default_factory=list)
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+    skipped: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class HyperTrainer:
+    """Algorithm 1: ``inner_steps`` weight steps, then one hyperparameter step, repeated.
+
+    Args:
+        model: The module; its :class:`~optuna_ift.HyperParameter` tensors are tuned on the
+            validation loss, every other trainable parameter on the training loss. A model
+            without hyperparameters trains in weights-only mode.
+        train_loss: ``train_loss(model, batch)``: scalar training loss, regularisers included.
+            ``batch`` comes from ``train_data`` on the trainer's device (``None`` when there
+            is no ``train_data``, as for a distilled dataset that lives in the model).
+        val_loss: ``val_loss(model, batch)``: scalar validation loss on a batch of
+            ``val_data``, computed in ``model.eval()`` mode (no dropout, BatchNorm's running
+            stats); the training loss in ``model.train()`` mode. Evaluations use it too (the
+            training loss when there is none). Needed unless the trainer is weights-only.
+        train_data: The training batches: a tensor, a tuple of tensors or a ``TensorDataset``
+            (batched by a :class:`TensorBatches` of ``batch_size`` rows, moved to ``device``
+            once), a :class:`TensorBatches`, a ``DataLoader`` (map-style or iterable, any
+            workers, pinned memory, collate function; batches are moved as they are used), or
+            any other re-iterable of batches. Batches are tensors or tuples, lists and dicts of
+            them. Epochs cycle: a source that ends starts again.
+        val_data: Likewise, for the validation loss (tensors batched by ``val_batch_size``).
+            Needed unless the trainer is weights-only.
+        batch_size: Training mini-batch size of tensor data (capped at the data size).
+        val_batch_size: Validation mini-batch size of tensor data; defaults to ``batch_size``.
+        weight_optimizer: ``factory(weights) -> Optimizer``; default Adam, learning rate 1e-4.
+            ``torch.optim.LBFGS`` gets the closure it needs.
+        hyper_optimizer: ``factory(hyperparameters) -> Optimizer``; default RMSprop, 1e-2 (the
+            paper's choice for decays and dropout rates); ``None``: weights-only mode, the
+            hyperparameters stay fixed. See :class:`HyperStep`.
+        solver: An inverse-HVP solver from :mod:`optuna_ift.hypergrad`, or :class:`Unrolled`.
+            ``Neumann(alpha="auto")`` re-estimates the top eigenvalue only every
+            ``alpha_every`` hyper steps, so a hyper step costs ``steps`` HVPs, not
+            ``steps + power_steps``.
+        inner_steps: Weight steps between hyper steps (the paper's N).
+        val_batches: Validation batches averaged into each hypergradient (k).
+        warmup_steps: Weight steps before the first hyper step.
+        alpha_every: How often ``Neumann(alpha="auto")`` re-estimates the eigenvalue.
+        eval_data: Named data sets to evaluate (``{"val": ..., "test": ...}``): tensors, a
+            ``DataLoader`` or any iterable of batches, one whole pass each time. Their loss
+            is ``val_loss`` and, if given, their ``metric``.
+        eval_every: Evaluate every this many hyper steps; ``None``: at each training epoch
+            (every hyper step when there is no ``train_data``).
+        metric: ``metric(model, batch) -> scalar`` averaged in evaluations, e.g. :func:`accuracy`.
+        device: ``"auto"`` (CUDA when present), or any ``torch.device``.
+        autocast: ``torch.bfloat16`` or ``torch.float16`` to run the weight steps' forward
+            pass under autocast; hypergradients always run in the model's own dtype.
+        clip_grad_norm: Clip the weight gradients to this norm in every weight step.
+        callbacks: Objects with hooks (:class:`Callback`); their ``state_dict`` goes into
+            checkpoints.
+        progress: Show a tqdm progress bar.
+        seed: Seed of the batching of tensor data (training: ``seed``, validation:
+            ``seed + 1``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        train_loss: LossFn,
+        val_loss: LossFn | None = None,
+        train_data: Any,
+        val_data: Any = None,
+        batch_size: int = 128,
+        val_batch_size: int | None = None,
+        weight_optimizer: OptimizerFactory = adam,
+        hyper_optimizer: OptimizerFactory | None = rmsprop,
+        solver: Solver | Unrolled = Neumann(steps=5, alpha="auto"),
+        inner_steps: int = 10,
+        val_batches: int = 1,
+        warmup_steps: int = 0,
+        alpha_every: int = 50,
+        eval_data: Mapping[str, Any] | None = None,
+        eval_every: int | None = None,
+        metric: LossFn | None = None,
+        device: str | torch.device = "auto",
+        autocast: torch.dtype | None = None,
+        clip_grad_norm: float | None = None,
+        callbacks: Iterable[Any] = (),
+        progress: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        for name, fn in (("train_loss", train_loss), ("val_loss", val_loss)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable as {name}(model, batch)")
+        if not callable(train_loss):
+            raise TypeError("train_loss must be callable as train_loss(model, batch)")
+        if autocast not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, "
+                             f"got {autocast!r}")
+        if weight_optimizer is None:
+            weight_optimizer = adam
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.weights, self.hyperparameters = split_parameters(self.model)
+        if not self.weights:
+            raise ValueError("model has no trainable weights (parameters that are not "
+                             "HyperParameter)")
+        #: Whether hyperparameters are tuned (``False``: weights-only mode).
+        self.tunes = bool(self.hyperparameters) and hyper_optimizer is not None
+        if self.tunes and val_loss is None:
+            raise ValueError("val_loss is required to tune hyperparameters (it may be None "
+                             "only in weights-only mode)")
+        if self.tunes and val_data is None:
+            raise ValueError("val_data is required to tune hyperparameters (it may be None "
+                             "only in weights-only mode)")
+        self.train_loss_fn = train_loss
+        self.val_loss_fn = val_loss
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        val_batch_size = batch_size if val_batch_size is None else val_batch_size
+        self.inner_steps = check_int("inner_steps", inner_steps, 1)
+        self.val_batches = check_int("val_batches", val_batches, 1)
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
+        if eval_every is not None:
+            check_int("eval_every", eval_every, 1)
+        if eval_data is not None and not isinstance(eval_data, Mapping):
+            raise TypeError(f"eval_data must be a dict of named data sets, got "
+                            f"{type(eval_data).__name__}")
+        self.eval_every = eval_every
+        self.metric = metric
+        self.autocast = autocast
+        self.clip_grad_norm = (None if clip_grad_norm is None
+                               else check_positive("clip_grad_norm", clip_grad_norm))
+        self.callbacks = check_callbacks(callbacks)
+        self.progress = progress
+        seed = check_int("seed", seed, 0)
+
+        #: The training source (a :class:`TensorBatches` for tensor data), or ``None``.
+        self.train_data = as_source("train_data", train_data, batch_size=self.batch_size,
+                                    seed=seed, device=self.device)
+        #: The validation source, or ``None``.
+        self.val_data = as_source("val_data", val_data,
+                                  batch_size=check_int("val_batch_size", val_batch_size, 1),
+                                  seed=seed + 1, device=self.device)
+        #: The evaluated sets: tensors (on the device) or the sources as given.
+        self.eval_data: dict[str, Any] = {}
+        for name, data in (eval_data or {}).items():
+            self.eval_data[name] = _eval_data(f"eval_data[{name!r}]", data, self.device)
+        self._train = (None if self.train_data is None
+                       else BatchStream("train_data", self.train_data, self.device))
+        self._val = (None if self.val_data is None
+                     else BatchStream("val_data", self.val_data, self.device))
+
+        self.weight_optimizer = build_optimizer("weight_optimizer", weight_optimizer,
+                                                self.weights)
+        #: The :class:`HyperStep` (``None`` in weights-only mode).
+        self.hyper: HyperStep | None = None
+        if self.tunes:
+            self.hyper = HyperStep((self.weights, self.hyperparameters), solver=solver,
+                                   optimizer=hyper_optimizer, alpha_every=alpha_every)
+        else:
+            check_int("alpha_every", alpha_every, 1)
+        self.solver = solver
+        self._scaler = (torch.amp.GradScaler("cuda")
+                        if autocast == torch.float16 and self.device.type == "cuda" else None)
+        self.history = History()
+        self.hyper_step = 0
+        self.weight_step = 0
+        self._stop = False
+        self._set_up: set[int] = set()
+        self._last_loss: Tensor | None = None
+
+    # -- views ------------------------------------------------------------------------------
+
+    @property
+    def hyper_optimizer(self) -> torch.optim.Optimizer | None:
+        """The hyper optimizer (``None`` in weights-only mode)."""
+        return None if self.hyper is None else self.hyper.optimizer
+
+    @property
+    def alpha_refreshes(self) -> int:
+        """Times a stale Neumann ``alpha`` was re-estimated early."""
+        return 0 if self.hyper is None else self.hyper.alpha_refreshes
+
+    @property
+    def epoch(self) -> int:
+        """Training epochs completed (0 without ``train_data``)."""
+        return 0 if self._train is None else self._train.epoch
+
+    # -- the two kinds of step ------------------------------------------------------------
+
+    def _next_train(self) -> tuple[Batch | None, bool]:
+        return (None, False) if self._train is None else self._train.next()
+
+    def _weight_step(self) -> bool:
+        """One weight step; returns whether its batch completed an epoch."""
+        batch, finished = self._next_train()
+        self.model.train()
+
+        def closure() -> Tensor:
+            with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
+                                enabled=self.autocast is not None):
+                loss = self.train_loss_fn(self.model, batch)
+            self.weight_optimizer.zero_grad(set_to_none=True)
+            if self._scaler is not None:
+                self._scaler.scale(loss).backward(inputs=self.weights)
+            else:
+                loss.backward(inputs=self.weights)
+            if self.clip_grad_norm is not None:
+                if self._scaler is not None:
+                    self._scaler.unscale_(self.weight_optimizer)
+                torch.nn.utils.clip_grad_norm_(self.weights, self.clip_grad_norm)
+            return loss
+
+        if isinstance(self.weight_optimizer, torch.optim.LBFGS):
+            loss = self.weight_optimizer.step(closure)  # re-evaluates the loss as it needs
+        else:
+            loss = closure()
+            if self._scaler is not None:
+                self._scaler.step(self.weight_optimizer)
+                self._scaler.update()
+            else:
+                self.weight_optimizer.step()
+        self.weight_step += 1
+        self._last_loss = loss.detach()
+        for callback in self.callbacks:
+            hook = getattr(callback, "on_weight_step", None)
+            if hook is not None:
+                hook(self, self._last_loss)
+        return finished
+
+    def _val_loss(self) -> Tensor:
+        self.model.eval()
+        try:
+            losses = [self.val_loss_fn(self.model, self._val.next()[0])
+                      for _ in range(self.val_batches)]
+        finally:
+            self.model.train()
+        return torch.stack(losses).mean()
+
+    def _hyper_step(self) -> dict[str, float]:
+        if not self.tunes:  # weights-only: the round ends without a hyper step
+            record = {"hyper_step": self.hyper_step + 1, "weight_step": self.weight_step,
+                      "train_loss": float(self._last_loss)}
+        elif isinstance(self.solver, Unrolled):
+            grads, train, val = self._unrolled_hypergradient()
+            record = self.hyper.apply(grads, train_loss=train, val_loss=val)
+        else:
+            batch, _ = self._next_train()
+            self.model.train()
+            record = self.hyper(self.train_loss_fn(self.model, batch), self._val_loss())
+        record = {**record, "hyper_step": self.hyper_step + 1, "weight_step": self.weight_step}
+        self.hyper_step += 1
+        if self.hyper is not None:
+            self.history.skipped = self.hyper.skipped
+        self.history.hyper_steps.append(record)
+        return record
+
+    def _unrolled_hypergradient(self) -> tuple[tuple[Tensor, ...], float, float]:
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        weight_names = [names[id(w)] for w in self.weights]
+        hyper_names = [names[id(h)] for h in self.hyperparameters]
+        batches = [self._next_train()[0] for _ in range(self.solver.steps)]
+        val_batches = [self._val.next()[0] for _ in range(self.val_batches)]
+        losses: dict[str, float] = {}
+
+        def call(fn: LossFn, weights, hparams, batch) -> Tensor:
+            params = dict(zip(weight_names, weights)) | dict(zip(hyper_names, hparams))
+            return torch.func.functional_call(_LossModule(self.model, fn), {
+                f"model.{n}": t for n, t in params.items()}, (batch,), strict=False)
+
+        def train_fn(weights, hparams):
+            loss = call(self.train_loss_fn, weights, hparams, batches.pop(0))
+            losses.setdefault("train", float(loss.detach()))
+            return loss
+
+        def val_fn(weights, hparams):
+            self.model.eval()
+            try:
+                loss = torch.stack([call(self.val_loss_fn, weights, hparams, b)
+                                    for b in val_batches]).mean()
+            finally:
+                self.model.train()
+            losses["val"] = float(loss.detach())
+            return loss
+
+        self.model.train()
+        grads = unrolled_hypergradient(train_fn, val_fn, self.weights, self.hyperparameters,
+                                       steps=self.solver.steps, lr=self.solver.lr)
+        return grads, losses.get("train", math.nan), losses["val"]
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def evaluate(self, data: Any, *, batch_size: int = 1024) -> dict[str, float]:
+        """Mean evaluation loss (``val_loss``, else ``train_loss``) and ``metric`` over one
+        pass of ``data`` in eval mode (see :func:`evaluate`)."""
+        return evaluate(self.model, data, self.val_loss_fn or self.train_loss_fn,
+                        metric=self.metric, batch_size=batch_size, device=self.device)
+
+    def evaluate_all(self) -> dict[str, float]:
+        """Evaluate every ``eval_data`` set now, record it in the history and call the
+        callbacks' ``on_evaluation``; returns the record (``<name>_loss``, ``<name>_metric``)."""
+        record: dict[str, float] = {"hyper_step": self.hyper_step,
+                                    "weight_step": self.weight_step, "epoch": self.epoch}
+        for name, data in self.eval_data.items():
+            for key, value in self.evaluate(data).items():
+                record[f"{name}_{key}"] = value
+        self.history.evaluations.append(record)
+        self._call("on_evaluation", record)
+        return record
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(self, *args)
+
+    def _setup_callbacks(self) -> None:
+        self.callbacks = check_callbacks(self.callbacks)
+        for callback in self.callbacks:
+            if id(callback) not in self._set_up:
+                self._set_up.add(id(callback))
+                setup = getattr(callback, "setup", None)
+                if setup is not None:
+                    setup(self)
+
+    def stop(self) -> None:
+        """Ask :meth:`fit` to return after the current step: after a weight step, the round
+        ends there without its hyper step; after a hyper step (or its evaluation), at once."""
+        self._stop = True
+
+    def fit(self, hyper_steps: int) -> History:
+        """Train until ``hyper_steps`` hyper steps have been taken in total (so a resumed
+        trainer continues where it stopped) and return the history.
+
+        In weights-only mode each "hyper step" is a round of ``inner_steps`` weight steps.
+        """
+        check_int("hyper_steps", hyper_steps, 0)
+        self._setup_callbacks()
+        self._stop = False
+        self._call("on_fit_start")
+        bar = tqdm(total=hyper_steps, initial=min(self.hyper_step, hyper_steps),
+                   desc="hyper steps" if self.tunes else "rounds", disable=not self.progress,
+                   dynamic_ncols=True, leave=False)
+        try:
+            while self.weight_step < self.warmup_steps and not self._stop:
+                self._weight_step()
+            while self.hyper_step < hyper_steps and not self._stop:
+                epoch_ended = False
+                for _ in range(self.inner_steps):
+                    epoch_ended |= self._weight_step()
+                    if self._stop:
+                        break
+                if self._stop:
+                    break
+                record = self._hyper_step()
+                bar.update(1)
+                if self.tunes:
+                    bar.set_postfix(val_loss=f"{record['val_loss']:.4g}",
+                                    skipped=self.history.skipped)
+                self._call("on_hyper_step", record)
+                due = (self.hyper_step % self.eval_every == 0 if self.eval_every
+                       else epoch_ended or self._train is None)
+                if self.eval_data and due:
+                    self.evaluate_all()
+        finally:
+            bar.close()
+        self._call("on_fit_end")
+        return self.history
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _stateful_callbacks(self) -> list[Any]:
+        return [c for c in self.callbacks if callable(getattr(c, "state_dict", None))
+                and callable(getattr(c, "load_state_dict", None))]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`resume` needs to continue exactly: tensors and plain values."""
+        self._setup_callbacks()
+        state = {
+            "model": self.model.state_dict(),
+            "weight_optimizer": self.weight_optimizer.state_dict(),
+            "hyper": None if self.hyper is None else self.hyper.state_dict(),
+            "hyper_step": self.hyper_step,
+            "weight_step": self.weight_step,
+            "history": self.history.to_dict(),
+            "data": {name: stream.state_dict() for name, stream in
+                     (("train", self._train), ("val", self._val)) if stream is not None},
+            "callbacks": [{"class": type(c).__qualname__, "state": c.state_dict()}
+                          for c in self._stateful_callbacks()],
+            "rng": torch.get_rng_state(),
+        }
+        if self._scaler is not None:
+            state["scaler"] = self._scaler.state_dict()
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load what :meth:`state_dict` gave into this trainer, built the same way."""
+        self._setup_callbacks()
+        saved = list(state["callbacks"])
+        mine = self._stateful_callbacks()
+        if [s["class"] for s in saved] != [type(c).__qualname__ for c in mine]:
+            raise ValueError(f"callbacks: the checkpoint holds the state of "
+                             f"{[s['class'] for s in saved]}, this trainer has stateful "
+                             f"callbacks {[type(c).__qualname__ for c in mine]}; build the "
+                             f"trainer with the same callbacks in the same order")
+        if (state["hyper"] is None) != (self.hyper is None):
+            raise ValueError("the checkpoint and this trainer differ in mode (one tunes "
+                             "hyperparameters, the other is weights-only)")
+        self.model.load_state_dict(state["model"])
+        self.weight_optimizer.load_state_dict(state["weight_optimizer"])
+        if self.hyper is not None:
+            self.hyper.load_state_dict(state["hyper"])
+        self.hyper_step, self.weight_step = int(state["hyper_step"]), int(state["weight_step"])
+        self.history = History(**state["history"])
+        for name, stream in (("train", self._train), ("val", self._val)):
+            if stream is not None and name in state["data"]:
+                stream.load_state_dict(state["data"][name])
+        for callback, saved_state in zip(mine, saved):
+            callback.load_state_dict(saved_state["state"])
+        if self._scaler is not None and "scaler" in state:
+            self._scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint (``torch.save``; loaded back with ``weights_only=True``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), path)
+        return path
+
+    def resume(self, path: str | Path) -> HyperTrainer:
+        """Load a checkpoint written by :meth:`save` into this trainer, built the same way."""
+        # On the CPU first: random-generator states must stay there; load_state_dict moves the
+        # model's and the optimizers' tensors to where their parameters are.
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return self
+
+
+def _eval_data(name: str, data: Any, device: torch.device) -> Any:
+    """An ``eval_data`` value: tensors checked and moved to ``device`` once, any other source
+    checked and kept as it is."""
+    if isinstance(data, torch.utils.data.TensorDataset):
+        data = data.tensors
+    if isinstance(data, Tensor):
+        data = (data,)
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
+        return tuple(t.to(device) for t in check_tensors(name, data))
+    return as_source(name, data, batch_size=1, seed=0)
+
+
+class _LossModule(nn.Module):
+    """``forward(batch) = fn(model, batch)``, so ``functional_call`` can swap the model's
+    parameters for the whole loss, whatever methods of the model it calls."""
+
+    def __init__(self, model: nn.Module, fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, batch: Batch | None) -> Tensor:
+        return self.fn(self.model, batch)
