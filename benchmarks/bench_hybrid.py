@@ -1,11 +1,12 @@
-"""Hybrid studies against TPE alone, at equal wall-clock (the issue's item 6).
+"""Hybrid studies against TPE alone, at equal wall-clock.
 
 Three ways to tune an MLP ``d-width-10`` on an MNIST subset (2,000 train / 1,000 validation /
 2,000 test by default, from ``--data-root``; scikit-learn's digits when MNIST is absent), each
 given the same wall-clock budget and the same number of weight steps per trial:
 
 (a) ``tpe``: TPE alone tunes the learning rate, the width and one global weight decay; each
-    trial trains plainly (Adam on cross-entropy + decay penalty, decay fixed).
+    trial trains plainly (Adam on cross-entropy + decay penalty, decay fixed: the
+    trainer's weights-only mode).
 (b) ``hybrid``: TPE (through :class:`~optuna_ift.integration.HybridSampler`) tunes the
     learning rate and the width; inside each trial a :class:`~optuna_ift.HyperTrainer` tunes
     a weight decay per weight (``WeightDecay(mode="per_weight")``, initial decay
@@ -46,8 +47,8 @@ from optuna_ift import Neumann
 from optuna_ift.data import load_dataset
 from optuna_ift.hypergrad import NeumannDivergenceWarning
 from optuna_ift.hyperparams import WeightDecay
-from optuna_ift.integration._sampler import HybridSampler, record_refined
-from optuna_ift.trainer import HyperTrainer
+from optuna_ift.integration import HybridSampler, record_refined
+from optuna_ift.trainer import HyperTrainer, accuracy, evaluate
 
 METHODS = ("tpe", "hybrid", "lamarck")
 
@@ -74,11 +75,10 @@ def val_loss(model: MLP, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return F.cross_entropy(model(x), y)
 
 
-@torch.no_grad()
-def evaluate(model: MLP, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    model.eval()
-    logits = model(x)
-    return float(F.cross_entropy(logits, y)), float((logits.argmax(-1) == y).float().mean())
+def scores(model: MLP, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """``(cross-entropy, accuracy)`` of ``model`` on ``(x, y)``."""
+    result = evaluate(model, (x, y), val_loss, metric=accuracy)
+    return result["loss"], result["metric"]
 
 
 def load(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], str]:
@@ -105,42 +105,31 @@ def make_objective(method: str, data: dict[str, torch.Tensor], args: argparse.Na
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
         width = trial.suggest_int("width", 16, 256, log=True)
-        generator = torch.Generator().manual_seed(args.seed * 100_003 + trial.number)
         torch.manual_seed(args.seed * 100_003 + trial.number)
         if method == "tpe":
             decay = trial.suggest_float("decay", 1e-6, 1e-1, log=True)
             model = MLP(d, width, decay=decay, mode="global")
-            for p in model.decay.parameters():
-                p.requires_grad_(False)
-            optimizer = torch.optim.Adam(model.net.parameters(), lr=lr)
-            x, y = data["x_train"], data["y_train"]
-            model.train()
-            for _ in range(steps):
-                index = torch.randint(len(y), (args.batch,), generator=generator)
-                loss = train_loss(model, (x[index], y[index]))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        else:
-            if method == "lamarck":
-                decay = trial.suggest_float("decay", 1e-6, 1e-1, log=True)
-            else:
-                decay = args.init_decay
+        elif method == "lamarck":
+            decay = trial.suggest_float("decay", 1e-6, 1e-1, log=True)
             model = MLP(d, width, decay=decay, mode="per_weight")
-            trainer = HyperTrainer(
-                model, train_loss=train_loss, val_loss=val_loss,
-                train_data=(data["x_train"], data["y_train"]),
-                val_data=(data["x_val"], data["y_val"]),
-                batch_size=args.batch, val_batch_size=args.batch,
-                weight_optimizer=lambda p: torch.optim.Adam(p, lr=lr),
-                hyper_optimizer=lambda p: torch.optim.RMSprop(p, lr=args.hyper_lr),
-                solver=Neumann(steps=args.neumann, alpha="auto"),
-                inner_steps=args.inner_steps, device="cpu", progress=False,
-                seed=args.seed * 100_003 + trial.number,
-            )
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", NeumannDivergenceWarning)
-                trainer.fit(hyper_steps)
+        else:
+            model = MLP(d, width, decay=args.init_decay, mode="per_weight")
+        trainer = HyperTrainer(  # weights-only for TPE: its decay stays as sampled
+            model, train_loss=train_loss, val_loss=val_loss,
+            train_data=(data["x_train"], data["y_train"]),
+            val_data=(data["x_val"], data["y_val"]),
+            batch_size=args.batch, val_batch_size=args.batch,
+            weight_optimizer=lambda p: torch.optim.Adam(p, lr=lr),
+            hyper_optimizer=None if method == "tpe" else
+            lambda p: torch.optim.RMSprop(p, lr=args.hyper_lr),
+            solver=Neumann(steps=args.neumann, alpha="auto"),
+            inner_steps=args.inner_steps, device="cpu", progress=False,
+            seed=args.seed * 100_003 + trial.number,
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NeumannDivergenceWarning)
+            trainer.fit(hyper_steps)
+        if method != "tpe":
             trial.set_user_attr("neumann_cut_offs", sum(
                 issubclass(w.category, NeumannDivergenceWarning) for w in caught))
             trial.set_user_attr("skipped_hyper_steps", trainer.history.skipped)
@@ -148,8 +137,8 @@ def make_objective(method: str, data: dict[str, torch.Tensor], args: argparse.Na
             trial.set_user_attr("mean_log_decay", float(log_decays.mean()))
             if method == "lamarck":
                 record_refined(trial, "decay", math.exp(float(log_decays.mean())))
-        val, _ = evaluate(model, data["x_val"], data["y_val"])
-        _, test_acc = evaluate(model, data["x_test"], data["y_test"])
+        val, _ = scores(model, data["x_val"], data["y_val"])
+        _, test_acc = scores(model, data["x_test"], data["y_test"])
         trial.set_user_attr("test_accuracy", test_acc)
         return val if math.isfinite(val) else float("inf")
 

@@ -5,7 +5,7 @@ vocabulary 10,000, sequences of 35 tokens, batch 20, Adam with gradient clipping
 trained
 
 * plainly: Adam steps on the training loss (dropout, DropConnect, AR, TAR) with the seven
-  regularisers fixed;
+  regularisers fixed, by the same trainer in weights-only mode;
 * jointly, with the seven tuned ("ift-7") and with a rate per word, unit and hidden-to-hidden
   weight ("ift-many"): :class:`optuna_ift.HyperTrainer`, ``inner_steps = N`` (default 20) and
   ``Neumann(steps=i)`` (default 5).
@@ -36,7 +36,6 @@ import torch
 
 from optuna_ift import Neumann
 from optuna_ift.experiments import LSTMLanguageModel, lm_train_loss, lm_val_loss
-from optuna_ift.hyperparams import split_parameters
 from optuna_ift.trainer import HyperTrainer, resolve_device
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -67,36 +66,15 @@ def make_model(variant: str, vocab: int, args, device) -> LSTMLanguageModel:
                              hyperparameters=variant).to(device)
 
 
-class Plain:
-    """Weight steps only, the regularisers frozen: ordinary training of the same model."""
-
-    def __init__(self, vocab, train, args, device) -> None:
-        self.model = make_model("7", vocab, args, device)
-        self.weights, hyper = split_parameters(self.model)
-        for h in hyper:
-            h.requires_grad_(False)
-        self.train = train
-        self.batch = args.batch
-        self.generator = torch.Generator().manual_seed(args.seed)
-        self.optimizer = torch.optim.Adam(self.weights, lr=1e-3)
-
-    def steps(self, count: int) -> None:
-        for _ in range(count):
-            index = torch.randint(self.train[0].shape[0], (self.batch,), generator=self.generator)
-            index = index.to(self.train[0].device)
-            loss = lm_train_loss(self.model, (self.train[0][index], self.train[1][index]))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward(inputs=self.weights)
-            torch.nn.utils.clip_grad_norm_(self.weights, 0.25)
-            self.optimizer.step()
-
-
-def make_joint(variant: str, vocab, train, val, args, device) -> HyperTrainer:
+def make_trainer(variant: str, vocab, train, val, args, device, *, tune: bool = True
+                 ) -> HyperTrainer:
+    """Joint training, or (``tune=False``) plain training of the same model with the
+    regularisers frozen: the trainer in weights-only mode."""
     return HyperTrainer(
         make_model(variant, vocab, args, device), train_loss=lm_train_loss,
         val_loss=lm_val_loss, train_data=train, val_data=val, batch_size=args.batch,
         weight_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
-        hyper_optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+        hyper_optimizer=(lambda p: torch.optim.Adam(p, lr=1e-2)) if tune else None,
         solver=Neumann(steps=args.neumann, alpha="auto"), inner_steps=args.inner,
         clip_grad_norm=0.25, device=device, progress=False, seed=args.seed)
 
@@ -121,20 +99,17 @@ def main() -> None:
     train, val, vocab = load_tokens(args, device)
     tokens_per_step = args.batch * args.seq_len
 
-    plain = Plain(vocab, train, args, device)
-    joint = {v: make_joint(v, vocab, train, val, args, device) for v in ("7", "many")}
+    plain = make_trainer("7", vocab, train, val, args, device, tune=False)
+    joint = {v: make_trainer(v, vocab, train, val, args, device) for v in ("7", "many")}
+    trainers = {"plain": plain, **joint}
     block = args.inner
     per_round = args.hyper_steps_per_round
-    for trainer in joint.values():
+    for trainer in trainers.values():
         trainer.fit(1)  # warm-up: first eigenvalue estimate, allocations
-    plain.steps(block)
 
     def run(name: str) -> None:
-        if name == "plain":
-            plain.steps(per_round * block)
-        else:
-            trainer = joint[name]
-            trainer.fit(trainer.hyper_step + per_round)
+        trainer = trainers[name]
+        trainer.fit(trainer.hyper_step + per_round)
 
     names = ["plain", "7", "many"]
     seconds = {name: [] for name in names}
@@ -149,19 +124,16 @@ def main() -> None:
 
     def block_of(name):
         def go():
-            if name == "plain":
-                plain.steps(block)
-            else:
-                joint[name].fit(joint[name].hyper_step + 1)
+            trainers[name].fit(trainers[name].hyper_step + 1)
             return ()
         return go
 
     added = {name: peak_memory(block_of(name), device) for name in names}
-    resident = {"plain": resident_bytes(plain.model, [plain.optimizer], plain.train)}
-    for name, trainer in joint.items():
-        resident[name] = resident_bytes(trainer.model, [trainer.weight_optimizer,
-                                                        trainer.hyper_optimizer],
-                                        trainer.train_data.tensors + trainer.val_data.tensors)
+    resident = {}
+    for name, trainer in trainers.items():
+        optimizers = [o for o in (trainer.weight_optimizer, trainer.hyper_optimizer) if o]
+        data = trainer.train_data.tensors + (trainer.val_data.tensors if trainer.tunes else ())
+        resident[name] = resident_bytes(trainer.model, optimizers, data)
     total = {n: added[n] + resident[n] for n in names}
     results = {
         "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -1,11 +1,14 @@
 """Joint training (Algorithm 1) against plain training of the same model, in one process.
 
-Part 1, the cost of tuning: an MLP ``784-hidden-10`` with a weight decay per weight (one
-hyperparameter per weight and bias), batch 128, trained
+Part 1, the cost of tuning: an MLP ``784-hidden-10`` (and a small CNN) with a weight decay per
+weight (one hyperparameter per weight and bias), batch 128, trained
 
-* plainly: Adam steps on ``CE + decay penalty`` with the decays fixed;
+* plainly: Adam steps on ``CE + decay penalty`` with the decays fixed, by the same
+  :class:`optuna_ift.HyperTrainer` in weights-only mode (``hyper_optimizer=None``);
 * jointly: :class:`optuna_ift.HyperTrainer` with ``inner_steps = N`` (default 10) and
-  ``Neumann(steps=i)`` (default 5), the same Adam steps plus one hyper step every N of them.
+  ``Neumann(steps=i)`` (default 5), the same Adam steps plus one hyper step every N of them;
+* by hand: the plain Adam steps in a hand-written PyTorch loop, to show what the trainer's own
+  loop costs (weights-only trainer / hand loop).
 
 Both run interleaved in rounds (joint, plain, joint, plain, ...; the order alternates) and the
 median time per weight step is compared: ``joint / plain``. Peak tensor memory of one block of
@@ -17,20 +20,32 @@ of the tensors the run keeps between steps (model, optimizer states, the data in
 Part 2, scale: the same joint training on a wider MLP with at least ``--million`` million
 hyperparameters, reporting hyper steps and weight steps per second.
 
+Part 3, data from a ``DataLoader`` (with ``--data-root``, a folder holding ``MNIST/raw``):
+MNIST read from its files, each image read from disk and transformed in ``num_workers``
+worker processes (default 2), batches of 128. The same MLP is trained jointly
+and plainly from that loader, and jointly and plainly from a ``TensorBatches`` over the same
+images already transformed in memory, all interleaved: joint / plain from the loader, and the
+loader against ``TensorBatches`` at the same batch size (the price of reading and
+transforming on the fly; the trainer itself does the same work for both).
+
 Run ``python benchmarks/bench_trainer.py --help`` for the options.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,27 +110,70 @@ def make_joint(hidden: int, args, device, generator, kind: str = "mlp") -> Hyper
     )
 
 
-class Plain:
-    """The same model, data and Adam steps, with the decays fixed: ordinary training."""
+def make_plain(hidden: int, args, device, generator, kind: str = "mlp") -> HyperTrainer:
+    """The same model, data and Adam steps with the decays fixed: the weights-only trainer."""
+    torch.manual_seed(args.seed)
+    model = DecayedMLP(hidden, init=1e-4, kind=kind)
+    return HyperTrainer(
+        model, train_loss=train_loss, val_loss=val_loss,
+        train_data=mixture(4096, generator, device), batch_size=args.batch,
+        inner_steps=args.inner, weight_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
+        hyper_optimizer=None, device=device, progress=False, seed=args.seed,
+    )
+
+
+class HandLoop:
+    """The plain Adam steps written by hand: what a PyTorch user's own loop costs."""
 
     def __init__(self, hidden: int, args, device, generator, kind: str = "mlp") -> None:
         torch.manual_seed(args.seed)
         self.model = DecayedMLP(hidden, init=1e-4, kind=kind).to(device)
-        for p in self.model.decay.parameters():
-            p.requires_grad_(False)
         self.x, self.y = mixture(4096, generator, device)
         self.batch = args.batch
         self.generator = torch.Generator().manual_seed(args.seed)
-        self.optimizer = torch.optim.Adam(self.model.net.parameters(), lr=1e-3)
+        self.weights = list(self.model.net.parameters())
+        self.optimizer = torch.optim.Adam(self.weights, lr=1e-3)
+        self.order, self.position = torch.randperm(len(self.y), generator=self.generator), 0
 
     def steps(self, count: int) -> None:
         for _ in range(count):
-            index = torch.randint(len(self.y), (self.batch,), generator=self.generator)
-            index = index.to(self.x.device)
+            if self.position + self.batch > len(self.y):
+                self.order = torch.randperm(len(self.y), generator=self.generator)
+                self.position = 0
+            index = self.order[self.position:self.position + self.batch].to(self.x.device)
+            self.position += self.batch
             loss = train_loss(self.model, (self.x[index], self.y[index]))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward(inputs=self.weights)
             self.optimizer.step()
+
+
+def rounds_of(trainer: HyperTrainer, hyper_steps: int):
+    """``run()`` that trains ``trainer`` ``hyper_steps`` more (hyper) steps."""
+    return lambda: trainer.fit(trainer.hyper_step + hyper_steps)
+
+
+def one_block(trainer: HyperTrainer):
+    """``run()`` that trains one more block (N weight steps and the hyper step, if any)."""
+    def run():
+        trainer.fit(trainer.hyper_step + 1)
+        return ()
+    return run
+
+
+def interleave(runs: dict, *, rounds: int, weight_steps: int, device) -> dict[str, list[float]]:
+    """Seconds per weight step of each ``run()`` (each doing ``weight_steps`` weight steps),
+    run round-robin ``rounds`` times with the order rotating every round."""
+    names = list(runs)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            synchronize(device)
+            start = time.perf_counter()
+            runs[name]()
+            synchronize(device)
+            seconds[name].append((time.perf_counter() - start) / weight_steps)
+    return seconds
 
 
 def resident_bytes(model: nn.Module, optimizers, data) -> int:
@@ -130,58 +188,52 @@ def resident_bytes(model: nn.Module, optimizers, data) -> int:
 
 
 def cost_of_tuning(args, device, kind: str, hidden: int) -> dict:
-    generator = torch.Generator().manual_seed(args.seed)
-    joint = make_joint(hidden, args, device, generator, kind)
-    plain = Plain(hidden, args, device, generator, kind)
+    joint = make_joint(hidden, args, device, torch.Generator().manual_seed(args.seed), kind)
+    plain = make_plain(hidden, args, device, torch.Generator().manual_seed(args.seed), kind)
+    hand = HandLoop(hidden, args, device, torch.Generator().manual_seed(args.seed), kind)
     block = args.inner  # weight steps per hyper step
-    hypers_per_round = args.hyper_steps_per_round
+    per_round = args.hyper_steps_per_round
     joint.fit(2)  # warm-up: the first eigenvalue estimate and allocations
-    plain.steps(2 * block)
-    joint_times, plain_times = [], []
-    for r in range(args.rounds):
-        order = ("joint", "plain") if r % 2 == 0 else ("plain", "joint")
-        for which in order:
-            synchronize(device)
-            start = time.perf_counter()
-            if which == "joint":
-                joint.fit(joint.hyper_step + hypers_per_round)
-            else:
-                plain.steps(hypers_per_round * block)
-            synchronize(device)
-            per_step = (time.perf_counter() - start) / (hypers_per_round * block)
-            (joint_times if which == "joint" else plain_times).append(per_step)
-    joint_ms = statistics.median(joint_times) * 1e3
-    plain_ms = statistics.median(plain_times) * 1e3
+    plain.fit(2)
+    hand.steps(2 * block)
+    seconds = interleave({"joint": rounds_of(joint, per_round),
+                          "plain": rounds_of(plain, per_round),
+                          "hand": lambda: hand.steps(per_round * block)},
+                         rounds=args.rounds, weight_steps=per_round * block, device=device)
+    ms = {name: statistics.median(s) * 1e3 for name, s in seconds.items()}
 
-    def joint_block():
-        joint.fit(joint.hyper_step + 1)
+    def hand_block():
+        hand.steps(block)
         return ()
 
-    def plain_block():
-        plain.steps(block)
-        return ()
-
-    memory = {"joint": peak_memory(joint_block, device), "plain": peak_memory(plain_block, device)}
+    memory = {"joint": peak_memory(one_block(joint), device),
+              "plain": peak_memory(one_block(plain), device),
+              "hand": peak_memory(hand_block, device)}
     resident = {
         "joint": resident_bytes(joint.model, [joint.weight_optimizer, joint.hyper_optimizer],
                                 joint.train_data.tensors + joint.val_data.tensors),
-        "plain": resident_bytes(plain.model, [plain.optimizer], (plain.x, plain.y)),
+        "plain": resident_bytes(plain.model, [plain.weight_optimizer],
+                                plain.train_data.tensors),
+        "hand": resident_bytes(hand.model, [hand.optimizer], (hand.x, hand.y)),
     }
     total = {k: memory[k] + resident[k] for k in memory}
-    hyperparameters = sum(h.numel() for h in joint.hyperparameters)
     return {
         "model": kind, "hidden": hidden, "weights": sum(w.numel() for w in joint.weights),
-        "hyperparameters": hyperparameters, "inner_steps": block, "neumann_steps": args.neumann,
-        "joint_ms_per_weight_step": joint_ms, "plain_ms_per_weight_step": plain_ms,
-        "time_ratio": joint_ms / plain_ms,
+        "hyperparameters": sum(h.numel() for h in joint.hyperparameters),
+        "inner_steps": block, "neumann_steps": args.neumann,
+        "joint_ms_per_weight_step": ms["joint"], "plain_ms_per_weight_step": ms["plain"],
+        "hand_ms_per_weight_step": ms["hand"],
+        "time_ratio": ms["joint"] / ms["plain"],
+        "trainer_overhead_ratio": ms["plain"] / ms["hand"],
         "joint_peak_bytes": memory["joint"], "plain_peak_bytes": memory["plain"],
+        "hand_peak_bytes": memory["hand"],
         "added_memory_ratio": memory["joint"] / memory["plain"],
         "joint_resident_bytes": resident["joint"], "plain_resident_bytes": resident["plain"],
         "joint_total_bytes": total["joint"], "plain_total_bytes": total["plain"],
+        "hand_total_bytes": total["hand"],
         "memory_ratio": total["joint"] / total["plain"],
         "skipped": joint.history.skipped,
-        "samples_joint_ms": [t * 1e3 for t in joint_times],
-        "samples_plain_ms": [t * 1e3 for t in plain_times],
+        "samples_ms": {name: [t * 1e3 for t in s] for name, s in seconds.items()},
     }
 
 
@@ -209,6 +261,103 @@ def scale(args, device) -> dict:
     }
 
 
+class IdxImages(torch.utils.data.Dataset):
+    """MNIST images read one at a time from the unpacked IDX file on disk (a memory map), each
+    scaled, normalised and flattened when it is read: the per-example work of a real
+    pipeline."""
+
+    def __init__(self, raw: Path, split: str, folder: Path) -> None:
+        paths = {}
+        for kind, header in (("images-idx3-ubyte", 16), ("labels-idx1-ubyte", 8)):
+            name = f"{split}-{kind}"
+            target = folder / name
+            if not target.exists():
+                with gzip.open(raw / f"{name}.gz", "rb") as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            paths[kind] = (target, header)
+        path, header = paths["labels-idx1-ubyte"]
+        self.labels = np.memmap(path, dtype=np.uint8, mode="r", offset=header)
+        path, header = paths["images-idx3-ubyte"]
+        self.images = np.memmap(path, dtype=np.uint8, mode="r", offset=header).reshape(
+            len(self.labels), 28, 28)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.from_numpy(np.array(self.images[index], dtype=np.float32))
+        return ((image / 255 - 0.1307) / 0.3081).flatten(), torch.tensor(int(self.labels[index]))
+
+
+def mnist_loaders(args, device) -> dict:
+    """Part 3: joint and plain training from a DataLoader over MNIST's files against the
+    same from TensorBatches over the same images in memory."""
+    from torch.utils.data import DataLoader
+
+    folder = tempfile.TemporaryDirectory(prefix="bench_trainer_")
+    train_set = IdxImages(Path(args.data_root) / "MNIST" / "raw", "train", Path(folder.name))
+    val_set = IdxImages(Path(args.data_root) / "MNIST" / "raw", "t10k", Path(folder.name))
+
+    def loader(dataset, seed: int) -> DataLoader:
+        return DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True,
+                          num_workers=args.workers, persistent_workers=args.workers > 0,
+                          pin_memory=device.type == "cuda",
+                          generator=torch.Generator().manual_seed(seed))
+
+    def in_memory(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(np.array(dataset.images)).float().flatten(1)
+        y = torch.from_numpy(np.array(dataset.labels)).long()
+        return ((x / 255 - 0.1307) / 0.3081).to(device), y.to(device)
+
+    def indexed(dataset, seed: int) -> DataLoader:
+        """A DataLoader over the in-memory tensors that indexes a whole batch at once: no
+        per-example work, so only the trainer's handling of a loader is measured."""
+        tensors = torch.utils.data.TensorDataset(*in_memory(dataset))
+        sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(
+            tensors, generator=torch.Generator().manual_seed(seed)), args.batch, drop_last=True)
+        return DataLoader(tensors, sampler=sampler, batch_size=None)
+
+    def trainer(source: str, tune: bool) -> HyperTrainer:
+        torch.manual_seed(args.seed)
+        model = DecayedMLP(args.hidden, init=1e-4)
+        if source == "loader":
+            train, val = loader(train_set, args.seed), loader(val_set, args.seed + 1)
+        elif source == "indexed":
+            train, val = indexed(train_set, args.seed), indexed(val_set, args.seed + 1)
+        else:
+            train, val = in_memory(train_set), in_memory(val_set)
+        return HyperTrainer(
+            model, train_loss=train_loss, val_loss=val_loss, train_data=train, val_data=val,
+            batch_size=args.batch, solver=Neumann(steps=args.neumann, alpha="auto"),
+            inner_steps=args.inner, weight_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
+            hyper_optimizer=(lambda p: torch.optim.RMSprop(p, lr=1e-2)) if tune else None,
+            device=device, progress=False, seed=args.seed)
+
+    trainers = {f"{kind}_{source}": trainer(source, kind == "joint")
+                for source in ("loader", "indexed", "tensors") for kind in ("joint", "plain")}
+    for t in trainers.values():
+        t.fit(2)  # warm-up: workers started, first eigenvalue estimate
+    per_round = args.hyper_steps_per_round
+    seconds = interleave({name: rounds_of(t, per_round) for name, t in trainers.items()},
+                         rounds=args.rounds, weight_steps=per_round * args.inner, device=device)
+    ms = {name: statistics.median(s) * 1e3 for name, s in seconds.items()}
+    skipped = trainers["joint_loader"].history.skipped
+    trainers.clear()  # the loaders' worker processes end with them
+    folder.cleanup()
+    return {
+        "workers": args.workers, "batch": args.batch, "hidden": args.hidden,
+        "train_examples": len(train_set), "ms_per_weight_step": ms,
+        "joint_over_plain_loader": ms["joint_loader"] / ms["plain_loader"],
+        "joint_over_plain_tensors": ms["joint_tensors"] / ms["plain_tensors"],
+        "loader_over_tensors_joint": ms["joint_loader"] / ms["joint_tensors"],
+        "loader_over_tensors_plain": ms["plain_loader"] / ms["plain_tensors"],
+        "indexed_over_tensors_joint": ms["joint_indexed"] / ms["joint_tensors"],
+        "indexed_over_tensors_plain": ms["plain_indexed"] / ms["plain_tensors"],
+        "skipped": skipped,
+        "samples_ms": {name: [t * 1e3 for t in s] for name, s in seconds.items()},
+    }
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
@@ -223,6 +372,11 @@ def main(argv=None) -> dict:
                         help="millions of hyperparameters for the scale part")
     parser.add_argument("--scale-hyper-steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-root", help="a folder holding MNIST/raw (the .gz files): adds "
+                        "the DataLoader part")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--parts", default="cost,scale,loader",
+                        help="comma-separated parts to run (default cost,scale,loader)")
     parser.add_argument("--json", help="write every number here")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -230,10 +384,14 @@ def main(argv=None) -> dict:
     print(f"device {device} ({platform.machine()}), {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
 
-    costs = []
-    for kind, hidden in (("mlp", args.hidden), ("cnn", args.channels)):
+    parts = set(args.parts.split(","))
+    results: dict = {"command": " ".join(sys.argv), "device": str(device)}
+    models = (("mlp", args.hidden), ("cnn", args.channels)) if "cost" in parts else ()
+    if models:
+        results["cost"] = []
+    for kind, hidden in models:
         cost = cost_of_tuning(args, device, kind, hidden)
-        costs.append(cost)
+        results["cost"].append(cost)
         name = f"MLP 784-{hidden}-10" if kind == "mlp" else f"CNN {hidden}-{2 * hidden} channels"
         print(f"\n{name}, batch {args.batch}, {cost['weights']} weights, "
               f"{cost['hyperparameters']} hyperparameters (a decay per weight); "
@@ -241,6 +399,10 @@ def main(argv=None) -> dict:
         print(f"  time per weight step: joint {cost['joint_ms_per_weight_step']:.3f} ms, plain "
               f"{cost['plain_ms_per_weight_step']:.3f} ms -> ratio {cost['time_ratio']:.2f} "
               f"(target <= 1.6: {'HOLDS' if cost['time_ratio'] <= 1.6 else 'FAILS'})")
+        print(f"  the trainer's own loop: weights-only trainer "
+              f"{cost['plain_ms_per_weight_step']:.3f} ms, hand-written loop "
+              f"{cost['hand_ms_per_weight_step']:.3f} ms -> ratio "
+              f"{cost['trainer_overhead_ratio']:.3f}")
         print(f"  peak tensor memory added by a block of steps: joint "
               f"{cost['joint_peak_bytes'] / 2**20:.2f} MiB, plain "
               f"{cost['plain_peak_bytes'] / 2**20:.2f} MiB -> ratio "
@@ -251,15 +413,37 @@ def main(argv=None) -> dict:
               f"{cost['memory_ratio']:.2f} "
               f"(target <= 1.5: {'HOLDS' if cost['memory_ratio'] <= 1.5 else 'FAILS'})")
 
-    big = scale(args, device)
-    print(f"\nScale: MLP 784-{big['hidden']}-10, {big['hyperparameters']:,} hyperparameters "
-          f"tuned jointly with {big['weights']:,} weights")
-    print(f"  {big['hyper_steps_per_second']:.2f} hyper steps/s, "
-          f"{big['weight_steps_per_second']:.1f} weight steps/s; validation loss "
-          f"{big['val_loss_first']:.4f} -> {big['val_loss_last']:.4f} over "
-          f"{big['hyper_steps']} hyper steps, {big['skipped']} skipped")
-    results = {"command": " ".join(sys.argv), "device": str(device), "cost": costs,
-               "scale": big, "wall_s": time.perf_counter() - started}
+    if "scale" in parts:
+        big = results["scale"] = scale(args, device)
+        print(f"\nScale: MLP 784-{big['hidden']}-10, {big['hyperparameters']:,} hyperparameters "
+              f"tuned jointly with {big['weights']:,} weights")
+        print(f"  {big['hyper_steps_per_second']:.2f} hyper steps/s, "
+              f"{big['weight_steps_per_second']:.1f} weight steps/s; validation loss "
+              f"{big['val_loss_first']:.4f} -> {big['val_loss_last']:.4f} over "
+              f"{big['hyper_steps']} hyper steps, {big['skipped']} skipped")
+
+    root = Path(args.data_root) if args.data_root else None
+    if "loader" in parts and (root is None or not (root / "MNIST" / "raw").is_dir()):
+        print(f"\nDataLoader part skipped: no MNIST/raw under --data-root {root}")
+    elif "loader" in parts:
+        fed = results["loader"] = mnist_loaders(args, device)
+        ms = fed["ms_per_weight_step"]
+        print(f"\nMNIST from its files through DataLoader(num_workers={fed['workers']}), batch "
+              f"{fed['batch']}, MLP 784-{fed['hidden']}-10 with a decay per weight")
+        print(f"  ms per weight step: joint {ms['joint_loader']:.3f} / plain "
+              f"{ms['plain_loader']:.3f} from the loader -> ratio "
+              f"{fed['joint_over_plain_loader']:.2f}; from TensorBatches joint "
+              f"{ms['joint_tensors']:.3f} / plain {ms['plain_tensors']:.3f} -> ratio "
+              f"{fed['joint_over_plain_tensors']:.2f}")
+        for kind in ("joint", "plain"):
+            ratio = fed[f"indexed_over_tensors_{kind}"]
+            print(f"  {kind}: the trainer's DataLoader path / TensorBatches (the same tensors, "
+                  f"batches indexed at once) = {ratio:.3f} (overhead {100 * (ratio - 1):+.1f} %,"
+                  f" aim <= 5 %: {'HOLDS' if ratio <= 1.05 else 'FAILS'})")
+            ratio = fed[f"loader_over_tensors_{kind}"]
+            print(f"  {kind}: reading and transforming each image in {fed['workers']} workers / "
+                  f"TensorBatches = {ratio:.3f} (the input pipeline's cost on this machine)")
+    results["wall_s"] = time.perf_counter() - started
     print(f"\ntotal wall time {results['wall_s']:.1f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

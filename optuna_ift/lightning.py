@@ -69,7 +69,7 @@ from optuna_ift._validation import check_int
 from optuna_ift.hypergrad import Neumann, Solver
 from optuna_ift.hyperparams import HyperParameter, split_parameters
 from optuna_ift.trainer import BatchStream, HyperStep, Unrolled, rmsprop
-from optuna_ift.trainer._data import as_source
+from optuna_ift.trainer import as_source
 
 __all__ = ["IFTCallback", "LossFunction"]
 
@@ -170,7 +170,14 @@ class IFTCallback(pl.Callback):
     hyperparameters stay equal on every process.
 
     The losses are recomputed outside Lightning's precision context, in the dtype of the
-    weights; the HyperStep's double backward is best done in full precision.
+    weights; the HyperStep's double backward is best done in full precision. Recomputing the
+    training loss in training mode runs the forward pass once more, so BatchNorm running
+    statistics see that batch twice.
+
+    A later ``fit`` of the same module with the same callback continues with the same
+    HyperStep (hyper optimizer state, counts, history); a fit of another module builds a new
+    one. Resuming from a Lightning checkpoint (``ckpt_path=``) restores all of it through
+    :meth:`state_dict` / :meth:`load_state_dict`.
 
     Args:
         val_data: Where validation batches come from: tensors (a tensor, a tuple of tensors,
@@ -211,7 +218,7 @@ class IFTCallback(pl.Callback):
         history: The record of every hyper step, oldest first: ``hyper_step``,
             ``global_step``, ``train_loss``, ``val_loss``, ``hypergradient_norm`` (NaN when
             skipped) and ``skipped`` (1.0 or 0.0).
-        hyper_step: The :class:`~optuna_ift.HyperStep` (built at fit start; ``None`` before).
+        hyper: The :class:`~optuna_ift.HyperStep` (built at fit start; ``None`` before).
         val_stream: The :class:`~optuna_ift.trainer.BatchStream` over ``val_data`` (built at
             fit start).
 
@@ -219,6 +226,8 @@ class IFTCallback(pl.Callback):
         ValueError: At fit start, when the module declares no ``HyperParameter``, when one
             of ``trainer.optimizers`` holds a ``HyperParameter``, or when no loss function can
             be found (see ``train_loss`` and ``val_loss``).
+        TypeError: During a hyper step, when a loss function (or the default ``*_step``)
+            returns something other than a scalar loss tensor.
     """
 
     def __init__(
@@ -226,7 +235,7 @@ class IFTCallback(pl.Callback):
         val_data: Any,
         *,
         every_n_steps: int = 10,
-        solver: Solver = Neumann(steps=5, alpha="auto"),
+        solver: Solver = Neumann(steps=5, alpha="auto"),  # noqa: B008 (frozen, immutable)
         hyper_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] = rmsprop,
         alpha_every: int = 50,
         val_batches: int = 1,
@@ -246,9 +255,9 @@ class IFTCallback(pl.Callback):
         self.val_batch_size = check_int("val_batch_size", val_batch_size, 1)
         self.seed = check_int("seed", seed, 0)
         if isinstance(solver, Unrolled):
-            raise ValueError("solver=Unrolled is not available in IFTCallback: unrolled "
-                             "differentiation re-runs the weight steps, which Lightning owns; "
-                             "use an implicit solver (Neumann, ConjugateGradient, Identity)")
+            raise TypeError("solver=Unrolled is not available in IFTCallback: unrolled "
+                            "differentiation re-runs the weight steps, which Lightning owns; "
+                            "use an implicit solver (Neumann, ConjugateGradient, Identity)")
         if not callable(solver):
             raise TypeError(f"solver must be a solver(hvp, v) from optuna_ift.hypergrad, got "
                             f"{solver!r}")
@@ -270,9 +279,10 @@ class IFTCallback(pl.Callback):
         self.source = as_source("val_data", val_data, batch_size=self.val_batch_size,
                                 seed=self.seed)
         self.history: list[dict[str, float]] = []
-        self.hyper_step: HyperStep | None = None
+        self.hyper: HyperStep | None = None
         self.val_stream: BatchStream | None = None
         self._last_step = 0  # the global step of the latest hyper step
+        self._restored = False  # load_state_dict ran for the coming (or current) fit
         self._pending: dict[str, Any] = {}  # loaded state waiting for the HyperStep / stream
 
     # -- fit start: checks and the HyperStep -------------------------------------------------
@@ -289,18 +299,24 @@ class IFTCallback(pl.Callback):
         self._check_optimizers(trainer, pl_module)
         self._check_losses(pl_module)
 
-        step = self.hyper_step
+        step = self.hyper
         same = step is not None and [id(t) for t in step.hyperparameters] == [
             id(t) for t in hyperparameters] and [id(t) for t in step.weights] == [
             id(t) for t in weights]
         if not same:  # a first fit, or a fit of another module: a new HyperStep
-            self.hyper_step = HyperStep(pl_module, solver=self.solver,
+            self.hyper = HyperStep(pl_module, solver=self.solver,
                                         optimizer=self.hyper_optimizer,
                                         alpha_every=self.alpha_every)
         device = pl_module.device
         if self.val_stream is None or self.val_stream.device != device:
             self.val_stream = BatchStream("val_data", self.source, device)
+        if not self._restored:  # a new fit counts its global steps from zero again
+            self._last_step = 0
         self._apply_pending()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Every checkpoint is restored by now (some strategies restore after fit start)."""
+        self._restored = False
 
     def _check_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         names = {id(p): name for name, p in pl_module.named_parameters()}
@@ -329,6 +345,11 @@ class IFTCallback(pl.Callback):
                 raise ValueError(
                     f"train_loss: {type(pl_module).__name__} has no training_step to recompute "
                     "the training loss with; pass train_loss=fn(module, batch) -> scalar tensor")
+            if "dataloader_iter" in inspect.signature(pl_module.training_step).parameters:
+                raise ValueError(
+                    f"train_loss is required: {type(pl_module).__name__}.training_step draws "
+                    "its own batches (dataloader_iter), so it cannot be called again on the "
+                    "batch just trained on; pass train_loss=fn(module, batch) -> scalar tensor")
         if self.val_loss is None and not is_overridden("validation_step", pl_module,
                                                        pl.LightningModule):
             raise ValueError(
@@ -346,7 +367,7 @@ class IFTCallback(pl.Callback):
         step = trainer.global_step
         if step == 0 or step % self.every_n_steps or step == self._last_step:
             return
-        if self.hyper_step is None:  # on_fit_start did not run: not inside Trainer.fit
+        if self.hyper is None:  # on_fit_start did not run: not inside Trainer.fit
             return
         self._last_step = step
         record = self.step(trainer, pl_module, batch, batch_idx)
@@ -362,7 +383,7 @@ class IFTCallback(pl.Callback):
         ``on_train_batch_end`` calls it on schedule; call it yourself (after fit start) for
         an extra step. Returns the step's record, which is also appended to :attr:`history`.
         """
-        hyper = self.hyper_step
+        hyper = self.hyper
         if hyper is None or self.val_stream is None:
             raise RuntimeError("IFTCallback.step needs the HyperStep that is built at fit "
                                "start: call it from inside Trainer.fit")
@@ -417,8 +438,8 @@ class IFTCallback(pl.Callback):
         ``state_dict``."""
         state: dict[str, Any] = {"history": [dict(r) for r in self.history],
                                  "last_step": self._last_step}
-        if self.hyper_step is not None:
-            state["hyper_step"] = self.hyper_step.state_dict()
+        if self.hyper is not None:
+            state["hyper_step"] = self.hyper.state_dict()
         elif "hyper_step" in self._pending:
             state["hyper_step"] = self._pending["hyper_step"]
         if self.val_stream is not None:
@@ -435,18 +456,19 @@ class IFTCallback(pl.Callback):
                             f"{type(state_dict).__name__}")
         self.history = [dict(r) for r in state_dict.get("history", [])]
         self._last_step = int(state_dict.get("last_step", 0))
+        self._restored = True
         self._pending = {key: state_dict[key] for key in ("hyper_step", "val_stream")
                          if key in state_dict}
         self._apply_pending()
 
     def _apply_pending(self) -> None:
-        if self.hyper_step is not None and "hyper_step" in self._pending:
-            self.hyper_step.load_state_dict(self._pending.pop("hyper_step"))
+        if self.hyper is not None and "hyper_step" in self._pending:
+            self.hyper.load_state_dict(self._pending.pop("hyper_step"))
         if self.val_stream is not None and "val_stream" in self._pending:
             self.val_stream.load_state_dict(self._pending.pop("val_stream"))
 
     def __repr__(self) -> str:
-        steps = self.hyper_step.steps if self.hyper_step is not None else 0
+        steps = self.hyper.steps if self.hyper is not None else 0
         return (f"{type(self).__name__}(every_n_steps={self.every_n_steps}, "
                 f"solver={self.solver!r}, val_batches={self.val_batches}, "
                 f"hyper_steps={steps})")

@@ -80,13 +80,32 @@ def test_readme_example_runs():
     assert grad.shape == (5,) and bool(grad.isfinite().all()) and float(grad.abs().sum()) > 0
 
 
-def test_readme_trainer_example_runs():
+def test_readme_trainer_examples_run():
+    # Every block of the section, in order, in one namespace (later blocks use earlier ones).
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    block = readme.split("## Tuning while training")[1].split("```python")[1].split("```")[0]
-    code = block.replace("hyper_steps=200", "hyper_steps=3").replace(
-        "inner_steps=10,", "inner_steps=10, progress=False,")
+    section = readme.split("## Tuning while training")[1].split("\n## ")[0]
+    blocks = [b.split("```")[0] for b in section.split("```python")[1:]]
+    assert len(blocks) == 4
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    first = blocks[0].replace("hyper_steps=200", "hyper_steps=3").replace(
+        "inner_steps=10,", "inner_steps=10, progress=False,")
+    exec(compile(first, "README.md", "exec"), namespace)  # noqa: S102
     history = namespace["history"]
     assert len(history.hyper_steps) == 3 and history.skipped == 0
     assert namespace["trainer"].hyperparameters[0].numel() == 128 * 64
+
+    loader_block = blocks[1].replace("inner_steps=10,", "inner_steps=10, progress=False,")
+    exec(compile(loader_block, "README.md", "exec"), namespace)  # noqa: S102
+    trainer = namespace["trainer"]
+    assert len(trainer.history.hyper_steps) == 20 and trainer.history.skipped == 0
+    assert trainer.epoch >= 1 and trainer.weight_step == 200
+
+    exec(compile(blocks[2], "README.md", "exec"), namespace)  # noqa: S102
+    hyper = namespace["hyper"]
+    assert hyper.steps == len(namespace["digits"].y_train) // 64 // 10 and hyper.skipped == 0
+    assert float(hyper.hyperparameters[0].detach().std()) > 0  # one decay each, all 1e-3 at the start
+
+    pytest.importorskip("lightning")
+    exec(compile(blocks[3], "README.md", "exec"), namespace)  # noqa: S102
+    callback = namespace["callback"]
+    assert len(callback.history) == 10 and callback.hyper.skipped == 0

@@ -21,7 +21,13 @@ from optuna_ift.trainer._callbacks import (
     LRScheduler,
     check_callbacks,
 )
-from optuna_ift.trainer._data import BatchStream, TensorBatches, batch_size_of, move_batch
+from optuna_ift.trainer._data import (
+    BatchStream,
+    TensorBatches,
+    as_source,
+    batch_size_of,
+    move_batch,
+)
 from optuna_ift.trainer._step import HyperStep, Unrolled, rmsprop
 from optuna_ift.trainer._trainer import (
     History,
@@ -45,6 +51,7 @@ __all__ = [
     "Unrolled",
     "accuracy",
     "adam",
+    "as_source",
     "batch_size_of",
     "check_callbacks",
     "evaluate",

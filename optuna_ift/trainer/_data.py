@@ -236,9 +236,20 @@ class BatchStream:
         self._fresh = False  # the current pass was started here and has yielded nothing yet
         self._resumed = False  # the next pass continues a checkpointed one (it may be at its end)
         self._warned = False
+        self._generator_state: Tensor | None = None
 
     def _restart(self) -> Iterator:
-        iterator = iter(self.source)
+        if self._resumed:
+            # A DataLoader draws the seed of its workers and samplers from its generator (or
+            # the global one) when an iterator starts; a resumed pass did not start here, so
+            # that draw must leave both generators where the checkpoint had them.
+            rng = torch.get_rng_state()
+            iterator = iter(self.source)
+            torch.set_rng_state(rng)
+            if self._generator_state is not None:
+                self.source.generator.set_state(self._generator_state)
+        else:
+            iterator = iter(self.source)
         if iterator is self.source and self._iterator is not None:
             raise ValueError(f"{self.name} is an iterator and it is exhausted: pass a re-iterable "
                              "source (a DataLoader, a TensorBatches, a list of batches) so that "
@@ -274,6 +285,9 @@ class BatchStream:
         state: dict[str, Any] = {"epoch": self.epoch, "batches": self.batches}
         if _is_stateful(self.source):
             state["source"] = self.source.state_dict()
+            generator = getattr(self.source, "generator", None)
+            if isinstance(generator, torch.Generator):
+                state["generator"] = generator.get_state()
         else:
             self._warn_inexact()
         return state
@@ -284,6 +298,8 @@ class BatchStream:
             self.source.load_state_dict(state["source"])
             self.batches = int(state["batches"])
             self._resumed = True
+            saved = state.get("generator")
+            self._generator_state = None if saved is None else saved.to("cpu")
         else:
             self._warn_inexact()
             self.batches = 0
@@ -297,4 +313,4 @@ class BatchStream:
                 "state_dict()/load_state_dict()): a run resumed from a checkpoint starts a new "
                 "pass over it instead of continuing at the batch where the checkpoint was "
                 "taken. Use TensorBatches or torchdata's StatefulDataLoader for an exact resume.",
-                stacklevel=3)
+                stacklevel=4)

@@ -78,7 +78,7 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _eval_batches(data: Any, batch_size: int) -> Iterable[Any]:
+def _eval_batches(data: Any, batch_size: int, name: str) -> Iterable[Any]:
     """One ordered pass over ``data``: tensors (or a ``TensorBatches``' tensors) in slices of
     ``batch_size`` rows, anything else as it iterates."""
     if isinstance(data, TensorBatches):
@@ -88,17 +88,17 @@ def _eval_batches(data: Any, batch_size: int) -> Iterable[Any]:
     if isinstance(data, Tensor):
         data = (data,)
     if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
-        tensors = check_tensors("data", data)
+        tensors = check_tensors(name, data)
         n = tensors[0].shape[0]
         return (tuple(t[start:start + batch_size] for t in tensors)
                 for start in range(0, n, batch_size))
-    return as_source("data", data, batch_size=batch_size, seed=0)
+    return as_source(name, data, batch_size=batch_size, seed=0)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Any, loss: LossFn, *, metric: LossFn | None = None,
-             batch_size: int = 1024, device: str | torch.device | None = None
-             ) -> dict[str, float]:
+             batch_size: int = 1024, device: str | torch.device | None = None,
+             name: str = "data") -> dict[str, float]:
     """Mean ``loss`` (and ``metric``) of ``model`` over one pass of ``data``, in eval mode.
 
     Every batch weighs by its number of examples, so the result is the mean over examples.
@@ -113,6 +113,7 @@ def evaluate(model: nn.Module, data: Any, loss: LossFn, *, metric: LossFn | None
         metric: ``metric(model, batch) -> scalar``, e.g. :func:`accuracy`.
         batch_size: Rows per slice of in-memory tensors.
         device: Where batches go; default the model's device.
+        name: What to call ``data`` in error messages.
 
     Returns:
         ``{"loss": ...}``, with ``"metric"`` when ``metric`` is given.
@@ -123,8 +124,8 @@ def evaluate(model: nn.Module, data: Any, loss: LossFn, *, metric: LossFn | None
     was_training = model.training
     model.eval()
     try:
-        for batch in _eval_batches(data, batch_size):
-            batch = move_batch(batch, device, name="data")
+        for batch in _eval_batches(data, batch_size, name):
+            batch = move_batch(batch, device, name=name)
             size = batch_size_of(batch)
             totals["loss"] += float(loss(model, batch)) * size
             if metric is not None:
@@ -133,7 +134,7 @@ def evaluate(model: nn.Module, data: Any, loss: LossFn, *, metric: LossFn | None
     finally:
         model.train(was_training)
     if count == 0:
-        raise ValueError("data yielded no batch")
+        raise ValueError(f"{name} yielded no batch")
     result = {"loss": totals["loss"] / count}
     if metric is not None:
         result["metric"] = totals["metric"] / count
@@ -337,9 +338,8 @@ class HyperTrainer:
     def _next_train(self) -> tuple[Batch | None, bool]:
         return (None, False) if self._train is None else self._train.next()
 
-    def _weight_step(self) -> bool:
-        """One weight step; returns whether its batch completed an epoch."""
-        batch, finished = self._next_train()
+    def _weight_step(self) -> None:
+        batch, _ = self._next_train()
         self.model.train()
 
         def closure() -> Tensor:
@@ -372,7 +372,6 @@ class HyperTrainer:
             hook = getattr(callback, "on_weight_step", None)
             if hook is not None:
                 hook(self, self._last_loss)
-        return finished
 
     def _val_loss(self) -> Tensor:
         self.model.eval()
@@ -436,11 +435,13 @@ class HyperTrainer:
 
     # -- evaluation -------------------------------------------------------------------------
 
-    def evaluate(self, data: Any, *, batch_size: int = 1024) -> dict[str, float]:
+    def evaluate(self, data: Any, *, batch_size: int = 1024, name: str = "data"
+                 ) -> dict[str, float]:
         """Mean evaluation loss (``val_loss``, else ``train_loss``) and ``metric`` over one
         pass of ``data`` in eval mode (see :func:`evaluate`)."""
         return evaluate(self.model, data, self.val_loss_fn or self.train_loss_fn,
-                        metric=self.metric, batch_size=batch_size, device=self.device)
+                        metric=self.metric, batch_size=batch_size, device=self.device,
+                        name=name)
 
     def evaluate_all(self) -> dict[str, float]:
         """Evaluate every ``eval_data`` set now, record it in the history and call the
@@ -448,7 +449,7 @@ class HyperTrainer:
         record: dict[str, float] = {"hyper_step": self.hyper_step,
                                     "weight_step": self.weight_step, "epoch": self.epoch}
         for name, data in self.eval_data.items():
-            for key, value in self.evaluate(data).items():
+            for key, value in self.evaluate(data, name=f"eval_data[{name!r}]").items():
                 record[f"{name}_{key}"] = value
         self.history.evaluations.append(record)
         self._call("on_evaluation", record)
@@ -493,9 +494,9 @@ class HyperTrainer:
             while self.weight_step < self.warmup_steps and not self._stop:
                 self._weight_step()
             while self.hyper_step < hyper_steps and not self._stop:
-                epoch_ended = False
+                epoch = self.epoch
                 for _ in range(self.inner_steps):
-                    epoch_ended |= self._weight_step()
+                    self._weight_step()
                     if self._stop:
                         break
                 if self._stop:
@@ -507,7 +508,7 @@ class HyperTrainer:
                                     skipped=self.history.skipped)
                 self._call("on_hyper_step", record)
                 due = (self.hyper_step % self.eval_every == 0 if self.eval_every
-                       else epoch_ended or self._train is None)
+                       else self.epoch > epoch or self._train is None)
                 if self.eval_data and due:
                     self.evaluate_all()
         finally:
@@ -531,12 +532,14 @@ class HyperTrainer:
             "hyper_step": self.hyper_step,
             "weight_step": self.weight_step,
             "history": self.history.to_dict(),
-            "data": {name: stream.state_dict() for name, stream in
-                     (("train", self._train), ("val", self._val)) if stream is not None},
+            "data": {},
             "callbacks": [{"class": type(c).__qualname__, "state": c.state_dict()}
                           for c in self._stateful_callbacks()],
             "rng": torch.get_rng_state(),
         }
+        for name, stream in (("train", self._train), ("val", self._val)):
+            if stream is not None:
+                state["data"][name] = stream.state_dict()
         if self._scaler is not None:
             state["scaler"] = self._scaler.state_dict()
         if self.device.type == "cuda":
