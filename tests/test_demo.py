@@ -12,8 +12,7 @@ from optuna.trial import TrialState
 
 from optuna_ift.data import load_dataset
 from optuna_ift.experiments.demo import demo, make_objective, run_worker
-from optuna_ift.integration._sampler import HybridSampler
-from optuna_ift.integration._trial import ATTR_WARM_START, load_learned
+from optuna_ift.integration import ATTR_WARM_START, HybridSampler, load_learned
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

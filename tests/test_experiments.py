@@ -103,7 +103,7 @@ def test_readme_trainer_examples_run():
     exec(compile(blocks[2], "README.md", "exec"), namespace)  # noqa: S102
     hyper = namespace["hyper"]
     assert hyper.steps == len(namespace["digits"].y_train) // 64 // 10 and hyper.skipped == 0
-    assert float(hyper.hyperparameters[0].detach().std()) > 0  # one decay each, all 1e-3 at the start
+    assert float(hyper.hyperparameters[0].detach().std()) > 0  # all 1e-3 at the start
 
     pytest.importorskip("lightning")
     exec(compile(blocks[3], "README.md", "exec"), namespace)  # noqa: S102

@@ -26,7 +26,7 @@ from optuna.testing.pytest_samplers import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_ift.integration._sampler import (
+from optuna_ift.integration import (
     DEFAULT_REFINED_ATTR_PREFIX,
     HybridSampler,
     record_refined,

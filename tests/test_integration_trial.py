@@ -15,7 +15,7 @@ from torch import nn
 
 from optuna_ift.hypergrad import Neumann
 from optuna_ift.hyperparams import WeightDecay
-from optuna_ift.integration._trial import (
+from optuna_ift.integration import (
     ATTR_CHECKPOINT_STEP,
     ATTR_LEARNED,
     ATTR_RESUMED_AT_STEP,

@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from optuna_ift.cli import main
 from optuna_ift.experiments import LSTMLanguageModel, lm_train_loss, lm_val_loss, lstm, lstm_overfit
-from optuna_ift.experiments._lm import REGULARIZERS
+from optuna_ift.experiments import REGULARIZERS
 from optuna_ift.hypergrad import Exact, hypergradient
 from optuna_ift.hyperparams import split_parameters
 

@@ -108,7 +108,8 @@ def test_tuning_lowers_validation_loss_below_untuned_start():
                           hyper_optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
     frozen.fit(30)
     assert torch.equal(frozen.model.log_decay, torch.zeros(3, 10))
-    tuned_val, frozen_val = tuned.evaluate(tuned.val_data.tensors), frozen.evaluate(frozen.val_data.tensors)
+    tuned_val = tuned.evaluate(tuned.val_data.tensors)
+    frozen_val = frozen.evaluate(frozen.val_data.tensors)
     assert tuned_val["loss"] < frozen_val["loss"] - 0.05
     assert tuned.evaluate(test)["loss"] < frozen.evaluate(test)["loss"]
     # The decays fell most on the two informative features.

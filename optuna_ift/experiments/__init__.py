@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from optuna_ift.experiments._lm import LSTMLanguageModel, lm_train_loss, lm_val_loss
+from optuna_ift.experiments._lm import REGULARIZERS, LSTMLanguageModel, lm_train_loss, lm_val_loss
 from optuna_ift.experiments.augment import augment
 from optuna_ift.experiments.compare_inverse import compare_inverse
 from optuna_ift.experiments.demo import demo, run_worker
@@ -14,6 +14,7 @@ from optuna_ift.experiments.split_ratio import split_ratio
 __all__ = [
     "LSTMLanguageModel",
     "LSTM_METHODS",
+    "REGULARIZERS",
     "augment",
     "compare_inverse",
     "demo",

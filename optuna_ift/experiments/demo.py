@@ -41,16 +41,16 @@ from optuna_ift.experiments._models import (
     make_classifier,
 )
 from optuna_ift.hypergrad import Neumann, NeumannDivergenceWarning
-from optuna_ift.integration._sampler import HybridSampler
-from optuna_ift.integration._trial import (
+from optuna_ift.integration import (
     ATTR_LEARNED,
     ATTR_RESUMED_FROM,
     ATTR_WARM_START,
+    HybridSampler,
     create_storage,
     load_learned,
     run_trainer,
 )
-from optuna_ift.trainer import HyperTrainer, accuracy, resolve_device
+from optuna_ift.trainer import Callback, HyperTrainer, accuracy, resolve_device
 
 __all__ = ["demo", "make_objective", "run_worker"]
 
@@ -134,15 +134,14 @@ def make_objective(
     return objective
 
 
-class _Sleep:
+class _Sleep(Callback):
+    """Pauses after each hyper step (to slow trials down in tests of distributed runs)."""
+
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
     def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
         time.sleep(self.seconds)
-
-    def on_evaluation(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
-        pass
 
 
 def _dashboard_command(storage: str, artifacts: Path) -> str:
@@ -334,7 +333,7 @@ def demo(
         "seconds": time.perf_counter() - started,
     }
     write_results(out, results)
-    from optuna_ift.plots._demo import plot_demo
+    from optuna_ift.plots import plot_demo
 
     results["figures"] = [str(p) for p in plot_demo(results, out)]
     write_results(out, results)

@@ -129,7 +129,7 @@ def split_ratio(
     }
     _logger.info("split-ratio on %s took %.0f s", data.name, results["seconds"])
     if out is not None:
-        from optuna_ift.plots._split import plot_split_ratio
+        from optuna_ift.plots import plot_split_ratio
 
         out = Path(out)
         write_results(out, results)

@@ -3,8 +3,20 @@ inside a trial (pruning, learned tensors and checkpoints as artifacts, warm star
 
 from __future__ import annotations
 
-from optuna_ift.integration._sampler import HybridSampler, record_refined
+from optuna_ift.integration._sampler import (
+    DEFAULT_REFINED_ATTR_PREFIX,
+    HybridSampler,
+    record_refined,
+    refined_key,
+)
 from optuna_ift.integration._trial import (
+    ATTR_CHECKPOINT,
+    ATTR_CHECKPOINT_STEP,
+    ATTR_CHECKPOINT_TRIAL,
+    ATTR_LEARNED,
+    ATTR_RESUMED_AT_STEP,
+    ATTR_RESUMED_FROM,
+    ATTR_WARM_START,
     IFTPruningCallback,
     create_storage,
     learned_hyperparameters,
@@ -18,6 +30,14 @@ from optuna_ift.integration._trial import (
 )
 
 __all__ = [
+    "ATTR_CHECKPOINT",
+    "ATTR_CHECKPOINT_STEP",
+    "ATTR_CHECKPOINT_TRIAL",
+    "ATTR_LEARNED",
+    "ATTR_RESUMED_AT_STEP",
+    "ATTR_RESUMED_FROM",
+    "ATTR_WARM_START",
+    "DEFAULT_REFINED_ATTR_PREFIX",
     "HybridSampler",
     "IFTPruningCallback",
     "create_storage",
@@ -25,6 +45,7 @@ __all__ = [
     "load_checkpoint",
     "load_learned",
     "record_refined",
+    "refined_key",
     "retry_history",
     "run_trainer",
     "save_checkpoint",
