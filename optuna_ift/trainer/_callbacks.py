@@ -195,7 +195,10 @@ class KeepBest(Callback):
             ``("val_metric", "val_loss")`` with ``mode=("max", "min")``: the highest accuracy,
             ties to the lower loss.
         mode: ``"min"`` or ``"max"``, or one per key.
-        restore: Load the best state back into the model when ``fit`` ends.
+        restore: Load the best state back into the model when ``fit`` ends. A checkpoint
+            written after ``fit`` returned then holds the best weights, not the last ones;
+            to resume the run itself, write checkpoints during ``fit`` (from a callback, as
+            :func:`optuna_ift.integration.run_trainer` does) or use ``restore=False``.
 
     Attributes:
         best_record: The evaluation record of the best state (empty before any).

@@ -236,11 +236,10 @@ class HyperTrainer:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        for name, fn in (("train_loss", train_loss), ("val_loss", val_loss)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be callable as {name}(model, batch)")
         if not callable(train_loss):
             raise TypeError("train_loss must be callable as train_loss(model, batch)")
+        if val_loss is not None and not callable(val_loss):
+            raise TypeError("val_loss must be None or callable as val_loss(model, batch)")
         if autocast not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, "
                              f"got {autocast!r}")
