@@ -27,15 +27,25 @@ Design notes for the image data:
   it. Raw uint8 arrays (``.data``/``.targets``) are converted to tensors directly; images are never
   passed one at a time through transforms. Local ``MNIST/raw/*.gz`` archives are unpacked into a
   temporary folder, so a read-only data folder works and no network is needed.
+- Broken files are refused with an error that names them, before torchvision reads them: a
+  truncated or corrupt ``.gz``; an IDX file whose magic number, header or size is wrong; a split
+  whose images and labels files differ in count (a labels file of the other split copied in its
+  place, say); a label out of range. CIFAR-10 files that fail torchvision's md5 check are named
+  in its ``RuntimeError``; a batch that cannot be unpickled or is inconsistent, in a
+  ``ValueError``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
+import math
 import os
+import pickle
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,6 +278,117 @@ def _idx_files(dataset_cls: Any) -> list[str]:
     return [os.path.splitext(os.path.basename(url))[0] for url, _ in dataset_cls.resources]
 
 
+#: The IDX files torchvision's MNIST and FashionMNIST read, as (images, labels) of each split.
+_IDX_SPLITS = (
+    ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+)
+
+#: Magic number and number of dimensions of the uint8 IDX files of each kind.
+_IDX_KINDS = {"images": (0x00000803, 3), "labels": (0x00000801, 1)}
+
+
+def _idx_shape(path: Path, shown: str, kind: str) -> tuple[int, ...]:
+    """The dimensions in the header of the uint8 IDX file ``path``, after checking it.
+
+    The magic number must be the one of ``kind`` (``"images"`` or ``"labels"``) and the file
+    size must be exactly what its header describes. ``shown`` is the name errors give the file
+    (the user's file, which may be the ``.gz`` that ``path`` was unpacked from).
+
+    Raises:
+        ValueError: Naming ``shown`` and what was expected, if a check fails.
+    """
+    expected_magic, ndim = _IDX_KINDS[kind]
+    header_size = 4 + 4 * ndim
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(header_size)
+    if len(header) < 4:
+        raise ValueError(
+            f"{shown}: has {size} bytes, too few for an IDX header; expected an IDX file of "
+            f"uint8 {kind} (magic number 0x{expected_magic:08X}); the file is truncated or corrupt"
+        )
+    magic = int.from_bytes(header[:4], "big")
+    if magic != expected_magic:
+        other = {m: k for k, (m, _) in _IDX_KINDS.items()}.get(magic)
+        hint = (
+            f", the magic number of {other} files (is a file of the wrong kind in its place?)"
+            if other
+            else " (not an MNIST-style IDX file of uint8 values, or a corrupt one)"
+        )
+        raise ValueError(
+            f"{shown}: IDX magic number is 0x{magic:08X}{hint}; expected 0x{expected_magic:08X}, "
+            f"uint8 {kind} with {ndim} dimension{'s' if ndim > 1 else ''}"
+        )
+    if len(header) < header_size:
+        raise ValueError(
+            f"{shown}: has {size} bytes, fewer than the {header_size} bytes of the IDX header of "
+            f"uint8 {kind}; the file is truncated"
+        )
+    dims = tuple(int.from_bytes(header[4 * i : 4 * i + 4], "big") for i in range(1, ndim + 1))
+    expected = header_size + math.prod(dims)
+    if size != expected:
+        off = abs(expected - size)
+        how = f"{off} byte{'s' if off > 1 else ''} {'short' if size < expected else 'too many'}"
+        raise ValueError(
+            f"{shown}: file size ({size} bytes) does not match its IDX header, which describes "
+            f"{' x '.join(map(str, dims))} uint8 {kind} ({expected} bytes with the header): "
+            f"{how}; the file is truncated or corrupt"
+        )
+    return dims
+
+
+def _check_idx_split(
+    images: Path, labels: Path, shown: dict[Path, str], num_classes: int
+) -> None:
+    """Check the images and labels IDX files of one split, alone and against each other.
+
+    Raises:
+        ValueError: Naming the file(s) at fault (as ``shown`` gives them) and what was expected.
+    """
+    n_images = _idx_shape(images, shown[images], "images")[0]
+    n_labels = _idx_shape(labels, shown[labels], "labels")[0]
+    if n_images != n_labels:
+        raise ValueError(
+            f"{shown[images]} holds {n_images} images but {shown[labels]} holds {n_labels} "
+            "labels; the images and labels files of one split must hold the same number (is "
+            "a file of the other split, or of another data set, in place of one of them?)"
+        )
+    values = np.fromfile(labels, dtype=np.uint8, offset=8)
+    bad = np.flatnonzero(values >= num_classes)
+    if len(bad):
+        raise ValueError(
+            f"{shown[labels]}: label {int(values[bad[0]])} at position {int(bad[0])} is out of "
+            f"range; expected labels 0..{num_classes - 1}"
+        )
+
+
+def _check_idx_folder(folder: Path, shown: dict[str, str], num_classes: int) -> None:
+    """Check every split's IDX files in ``folder``; ``shown`` maps a file name to its name in
+    errors."""
+    for images, labels in _IDX_SPLITS:
+        paths = {folder / images: shown[images], folder / labels: shown[labels]}
+        _check_idx_split(folder / images, folder / labels, paths, num_classes)
+
+
+def _gunzip(source: Path, target: Path) -> None:
+    """Unpack the gzip archive ``source`` into ``target``.
+
+    Raises:
+        ValueError: Naming ``source`` if it is truncated or corrupt (not gzip, bad CRC, cut off).
+    """
+    with open(target, "wb") as dst:
+        try:
+            with gzip.open(source, "rb") as src:
+                while chunk := src.read(1 << 22):
+                    dst.write(chunk)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+            raise ValueError(
+                f"{source}: the gzip archive is truncated or corrupt ({err}); replace it (delete "
+                "it and pass download=True to fetch it again)"
+            ) from err
+
+
 def _read_idx_dataset(
     dataset_cls: Any, root: Path, *, download: bool, name: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[str, ...]]:
@@ -277,6 +398,11 @@ def _read_idx_dataset(
     asked to download (and only into the data folder, after checking their md5 sums). Archives
     found locally are unpacked here instead, into a temporary folder that is removed after
     reading, so a read-only folder works and nothing is fetched.
+
+    The IDX files are checked here before torchvision reads them (magic numbers, header against
+    file size, image count against label count of each split, label range), so that a broken
+    file is refused with an error that names it rather than loaded with wrong labels or failing
+    deep inside torchvision.
     """
     raw = root / dataset_cls.__name__ / "raw"
     processed = root / dataset_cls.__name__ / "processed"
@@ -284,6 +410,8 @@ def _read_idx_dataset(
     unpacked = all((raw / f).is_file() for f in files)
     legacy = all((processed / f).is_file() for f in ("training.pt", "test.pt"))
     archived = all((raw / f).is_file() or (raw / f"{f}.gz").is_file() for f in files)
+    num_classes = len(dataset_cls.classes)
+    plain_names = {f: str(raw / f) for f in files}
 
     def read(data_root: Path, allow_download: bool) -> tuple[Tensor, ...]:
         out: list[Tensor] = []
@@ -293,36 +421,137 @@ def _read_idx_dataset(
         return tuple(out)
 
     if unpacked or legacy:
+        if not legacy:  # with processed/training.pt and test.pt, torchvision reads only those
+            _check_idx_folder(raw, plain_names, num_classes)
         tensors = read(root, download)
     elif archived:
         with tempfile.TemporaryDirectory(prefix="optuna_ift_") as tmp:
             tmp_raw = Path(tmp) / dataset_cls.__name__ / "raw"
             tmp_raw.mkdir(parents=True)
+            shown: dict[str, str] = {}
             for f in files:
                 if (raw / f).is_file():
+                    shown[f] = str(raw / f)
                     try:
                         os.symlink((raw / f).resolve(), tmp_raw / f)
                     except OSError:  # no symlinks (some Windows set-ups): copy instead
                         shutil.copyfile(raw / f, tmp_raw / f)
                 else:
-                    with gzip.open(raw / f"{f}.gz", "rb") as src, open(tmp_raw / f, "wb") as dst:
-                        shutil.copyfileobj(src, dst, length=1 << 22)
+                    shown[f] = f"{raw / f}.gz (once unpacked)"
+                    _gunzip(raw / f"{f}.gz", tmp_raw / f)
+            _check_idx_folder(tmp_raw, shown, num_classes)
             tensors = read(Path(tmp), False)
     elif download:
+        # torchvision fetches the archives (checking their md5 sums) and reads them at once.
         tensors = read(root, True)
+        _check_idx_folder(raw, plain_names, num_classes)
     else:
         raise FileNotFoundError(
             f"{name!r} files not found: expected {', '.join(files)} (or the same with .gz) in "
             f"{raw}; pass download=True to fetch them, or set root to the folder that holds "
             f"{dataset_cls.__name__}/raw"
         )
+    # The IDX files have been checked above; this is for torchvision's legacy processed/*.pt.
+    for split, images, targets in (("training", *tensors[:2]), ("test", *tensors[2:])):
+        if len(images) != len(targets) or (
+            len(targets) and not 0 <= int(targets.min()) <= int(targets.max()) < num_classes
+        ):
+            raise ValueError(
+                f"{name!r} {split} data read from {root / dataset_cls.__name__} holds "
+                f"{len(images)} images and {len(targets)} labels; expected as many labels as "
+                f"images, each in 0..{num_classes - 1}"
+            )
     return (*tensors, tuple(str(c) for c in dataset_cls.classes))  # type: ignore[return-value]
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cifar_md5_problems(dataset_cls: Any, folder: Path) -> list[str]:
+    """Each CIFAR file in ``folder`` that is missing or fails its md5 sum, described."""
+    entries = [*dataset_cls.train_list, *dataset_cls.test_list]
+    entries.append((dataset_cls.meta["filename"], dataset_cls.meta["md5"]))
+    problems = []
+    for filename, md5 in entries:
+        path = folder / filename
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif _md5(path) != md5:
+            problems.append(
+                f"{path} ({path.stat().st_size} bytes) fails its md5 check: it is truncated or "
+                "corrupt"
+            )
+    return problems
+
+
+def _cifar_file_problem(path: Path, *, meta_key: str | None, num_classes: int) -> str | None:
+    """What is wrong with the CIFAR batch (or, with ``meta_key``, metadata) file ``path``, or
+    ``None`` if nothing is."""
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+    except OSError as err:
+        return f"cannot be read ({err})"
+    except Exception as err:  # noqa: BLE001 - unpickling a broken file can fail in any way
+        return f"cannot be unpickled ({type(err).__name__}: {err}); it is truncated or corrupt"
+    if meta_key is not None:
+        if not isinstance(entry, dict) or meta_key not in entry:
+            return f"is not CIFAR metadata (a pickled dict with {meta_key!r})"
+        return None
+    if not isinstance(entry, dict) or "data" not in entry or not (
+        "labels" in entry or "fine_labels" in entry
+    ):
+        return "is not a CIFAR batch (a pickled dict with 'data' and 'labels')"
+    data = np.asarray(entry["data"])
+    labels = np.asarray(entry["labels"] if "labels" in entry else entry["fine_labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        return (
+            f"holds data of dtype {data.dtype} shaped {data.shape}; expected uint8 shaped "
+            "(n, 3072), n images of 3 x 32 x 32 bytes"
+        )
+    if labels.ndim != 1 or len(labels) != len(data):
+        return f"holds {len(data)} images but {labels.size} labels; expected as many of each"
+    if len(labels) and not (
+        np.issubdtype(labels.dtype, np.integer) and 0 <= labels.min() <= labels.max() < num_classes
+    ):
+        return f"holds labels outside 0..{num_classes - 1}"
+    return None
+
+
+def _cifar_content_error(
+    dataset_cls: Any, folder: Path, train: bool, name: str, num_classes: int
+) -> ValueError | None:
+    """A ``ValueError`` naming the first broken file of a CIFAR split (or the metadata), or
+    ``None`` if every file looks sound."""
+    batches = dataset_cls.train_list if train else dataset_cls.test_list
+    checks: list[tuple[str, str | None]] = [(filename, None) for filename, _ in batches]
+    checks.append((dataset_cls.meta["filename"], dataset_cls.meta["key"]))
+    for filename, meta_key in checks:
+        problem = _cifar_file_problem(
+            folder / filename, meta_key=meta_key, num_classes=num_classes
+        )
+        if problem is not None:
+            return ValueError(
+                f"{folder / filename}: {problem}; replace the {name!r} files in {folder} "
+                "(delete the folder and pass download=True to fetch them again)"
+            )
+    return None
 
 
 def _read_cifar10(
     dataset_cls: Any, root: Path, *, download: bool, name: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[str, ...]]:
-    """CIFAR-10 from ``root/cifar-10-batches-py`` as uint8 ``(n, 3, 32, 32)`` and labels."""
+    """CIFAR-10 from ``root/cifar-10-batches-py`` as uint8 ``(n, 3, 32, 32)`` and labels.
+
+    torchvision checks each file against its md5 sum; when that fails, the files at fault are
+    named. A file that passes the check but cannot be read, or whose images and labels do not
+    match, is named too (in a ``ValueError``).
+    """
     folder = root / dataset_cls.base_folder
     if not download and not folder.is_dir():
         raise FileNotFoundError(
@@ -330,19 +559,43 @@ def _read_cifar10(
             f"batches.meta); pass download=True to fetch them, or set root to the folder that "
             f"holds {dataset_cls.base_folder}"
         )
+    num_classes = 10  # CIFAR-10's; used for diagnosis before its metadata is read
     out: list[Tensor] = []
     classes: tuple[str, ...] = ()
     for train in (True, False):
         try:
             ds = dataset_cls(root=str(root), train=train, download=download)
         except RuntimeError as err:
+            problems = _cifar_md5_problems(dataset_cls, folder)
+            detail = "; ".join(problems) if problems else f"torchvision's md5 check failed: {err}"
             raise RuntimeError(
-                f"{name!r} files in {folder} are missing or corrupted (torchvision's md5 check "
-                f"failed: {err}); pass download=True to fetch them again"
+                f"{name!r} files in {folder} are missing or corrupted ({detail}); pass "
+                "download=True to fetch them again"
             ) from err
+        except (
+            EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError, AttributeError,
+            IndexError,
+        ) as err:
+            error = _cifar_content_error(dataset_cls, folder, train, name, num_classes)
+            if error is None:
+                raise
+            raise error from err
         images = torch.as_tensor(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2)
-        out += [images, torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)]
+        targets = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
         classes = tuple(str(c) for c in ds.classes)
+        if len(images) != len(targets) or (
+            len(targets) and not 0 <= int(targets.min()) <= int(targets.max()) < len(classes)
+        ):
+            error = _cifar_content_error(dataset_cls, folder, train, name, len(classes))
+            if error is None:  # pragma: no cover - every batch is sound but the whole is not
+                split = "training" if train else "test"
+                error = ValueError(
+                    f"{name!r} {split} files in {folder} hold {len(images)} images and "
+                    f"{len(targets)} labels; expected as many labels as images, each in "
+                    f"0..{len(classes) - 1}"
+                )
+            raise error
+        out += [images, targets]
     return (*out, classes)  # type: ignore[return-value]
 
 
@@ -406,8 +659,13 @@ def load_dataset(
         The images, labels and metadata; see :class:`ClassificationData`.
 
     Raises:
-        ValueError: For an unknown ``name``, a missing ``root``, or an argument out of range.
+        ValueError: For an unknown ``name``, a missing ``root``, or an argument out of range;
+            and, naming the file, for a broken data file: a truncated or corrupt ``.gz``, an
+            IDX file whose magic number or size does not match what its header says, images
+            and labels files of one split that differ in count, a label out of range, a
+            CIFAR-10 batch that cannot be unpickled or whose images and labels do not match.
         FileNotFoundError: If the files are not under ``root`` and ``download`` is ``False``.
+        RuntimeError: If CIFAR-10 files fail torchvision's md5 check (the files are named).
         ImportError: If a torchvision data set is asked for and torchvision is not installed.
     """
     key = name.strip().lower().replace("_", "-") if isinstance(name, str) else name
@@ -592,12 +850,40 @@ def _check_positive_int(name: str, value: Any) -> int:
 
 
 def _read_words(path: Path) -> list[str]:
+    """The words of ``path``, each line ending in :data:`EOS`.
+
+    Raises:
+        ValueError: Naming ``path`` if it is not UTF-8 text (with the byte offset and line of
+            the first bad byte) or holds no word.
+    """
     words: list[str] = []
-    with open(path, encoding="utf-8") as lines:
-        for line in lines:
-            words.extend(line.split())
-            words.append(EOS)
+    n_words = 0
+    try:
+        with open(path, encoding="utf-8") as lines:
+            for line in lines:
+                line_words = line.split()
+                n_words += len(line_words)
+                words.extend(line_words)
+                words.append(EOS)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: {_utf8_problem(path.read_bytes())}; corpus files must be "
+                         "UTF-8 text") from err
+    if n_words == 0:
+        what = "it is empty" if not words else "only blank lines"
+        raise ValueError(f"{path} holds no words ({what}); each of train.txt, valid.txt and "
+                         "test.txt needs at least one")
     return words
+
+
+def _utf8_problem(data: bytes) -> str:
+    """Where and why ``data`` is not UTF-8, in words."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        return (f"not valid UTF-8: byte 0x{data[err.start]:02x} at byte offset {err.start} "
+                f"(line {line}): {err.reason}")
+    return "not valid UTF-8"  # pragma: no cover - the reader failed, so decoding fails too
 
 
 def load_ptb(
@@ -622,7 +908,8 @@ def load_ptb(
 
     Raises:
         FileNotFoundError: If one of the three files is missing.
-        ValueError: For an out-of-range argument or a word no vocabulary entry covers.
+        ValueError: For an out-of-range argument or a word no vocabulary entry covers; and,
+            naming the file, for a file that is not UTF-8 text or holds no word.
     """
     if root is None:
         raise ValueError("root must be the folder that holds train.txt, valid.txt and test.txt")

@@ -32,9 +32,11 @@ from optuna_ift.trainer._step import HyperStep, Unrolled, rmsprop
 from optuna_ift.trainer._trainer import (
     History,
     HyperTrainer,
+    NonFiniteLossError,
     accuracy,
     adam,
     evaluate,
+    read_checkpoint,
     resolve_device,
 )
 
@@ -47,6 +49,7 @@ __all__ = [
     "HyperTrainer",
     "KeepBest",
     "LRScheduler",
+    "NonFiniteLossError",
     "TensorBatches",
     "Unrolled",
     "accuracy",
@@ -56,6 +59,7 @@ __all__ = [
     "check_callbacks",
     "evaluate",
     "move_batch",
+    "read_checkpoint",
     "resolve_device",
     "rmsprop",
 ]

@@ -26,7 +26,8 @@ from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 from optuna_ift._validation import check_int
 
-__all__ = ["BatchStream", "TensorBatches", "as_source", "batch_size_of", "move_batch"]
+__all__ = ["BatchStream", "TensorBatches", "as_source", "batch_size_of", "check_finite",
+           "move_batch"]
 
 
 class TensorBatches:
@@ -114,6 +115,18 @@ def check_tensors(name: str, tensors: Any) -> tuple[Tensor, ...]:
     return tensors
 
 
+def check_finite(name: str, tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """``tensors``, if every floating-point one is free of NaN and infinity; otherwise a
+    ``ValueError`` naming ``name``, the tensor and the first row that holds such a value."""
+    for k, t in enumerate(tensors):
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            bad = ~torch.isfinite(t.reshape(t.shape[0], -1) if t.ndim else t.reshape(1, 1))
+            row = int(bad.any(dim=1).nonzero()[0, 0])
+            raise ValueError(f"{name}: tensor {k} holds a non-finite value (NaN or infinity), "
+                             f"first at row {row}; training on it would make every weight NaN")
+    return tensors
+
+
 def _holds_tensor(batch: Any) -> bool:
     if isinstance(batch, Tensor):
         return True
@@ -143,11 +156,13 @@ def as_source(name: str, data: Any, *, batch_size: int, seed: int, shuffle: bool
     if isinstance(data, Tensor):
         data = (data,)
     if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
-        tensors = check_tensors(name, data)
+        tensors = check_finite(name, check_tensors(name, data))
         if device is not None:
             tensors = tuple(t.to(device) for t in tensors)
         return TensorBatches(*tensors, batch_size=batch_size, shuffle=shuffle,
                              drop_last=drop_last, seed=seed)
+    if isinstance(data, TensorBatches):
+        check_finite(name, data.tensors)
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
         raise TypeError(f"{name} is a map-style Dataset ({type(data).__name__}), whose items are "
                         f"single examples: wrap it in torch.utils.data.DataLoader(dataset, "

@@ -18,7 +18,9 @@ sources can say where they are.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,7 @@ from optuna_ift.trainer._data import (
     TensorBatches,
     as_source,
     batch_size_of,
+    check_finite,
     check_tensors,
     move_batch,
 )
@@ -48,7 +51,10 @@ from optuna_ift.trainer._step import (
     rmsprop,
 )
 
-__all__ = ["History", "HyperTrainer", "accuracy", "adam", "evaluate", "resolve_device"]
+__all__ = ["History", "HyperTrainer", "NonFiniteLossError", "accuracy", "adam", "evaluate",
+           "read_checkpoint", "resolve_device"]
+
+_logger = logging.getLogger(__name__)
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], Tensor]
@@ -141,13 +147,18 @@ def evaluate(model: nn.Module, data: Any, loss: LossFn, *, metric: LossFn | None
     return result
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss was NaN or infinite at several weight steps in a row."""
+
+
 @dataclass
 class History:
     """What happened: one record per hyper step and one per evaluation."""
 
     hyper_steps: list[dict[str, float]] = field(default_factory=list)
     evaluations: list[dict[str, float]] = field(default_factory=list)
-    skipped: int = 0
+    skipped: int = 0  #: hyper steps skipped (non-finite hypergradient)
+    skipped_weight_steps: int = 0  #: weight steps not applied (non-finite training loss)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -205,6 +216,14 @@ class HyperTrainer:
         progress: Show a tqdm progress bar.
         seed: Seed of the batching of tensor data (training: ``seed``, validation:
             ``seed + 1``).
+        max_non_finite: A weight step whose training loss is NaN or infinite is not applied
+            (counted in ``history.skipped_weight_steps``); this many in a row stop training
+            with :class:`NonFiniteLossError`. Tensor data holding NaN or infinity is refused
+            at construction.
+
+    Raises:
+        ValueError: An argument out of range, or tensor data holding NaN or infinity.
+        TypeError: An argument of the wrong kind (the message names it).
     """
 
     def __init__(
@@ -233,6 +252,7 @@ class HyperTrainer:
         callbacks: Iterable[Any] = (),
         progress: bool = True,
         seed: int = 0,
+        max_non_finite: int = 3,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -314,6 +334,8 @@ class HyperTrainer:
         self._stop = False
         self._set_up: set[int] = set()
         self._last_loss: Tensor | None = None
+        self.max_non_finite = check_int("max_non_finite", max_non_finite, 1)
+        self._non_finite_run = 0
 
     # -- views ------------------------------------------------------------------------------
 
@@ -356,10 +378,14 @@ class HyperTrainer:
                 torch.nn.utils.clip_grad_norm_(self.weights, self.clip_grad_norm)
             return loss
 
-        if isinstance(self.weight_optimizer, torch.optim.LBFGS):
+        loss = closure()
+        if not bool(torch.isfinite(loss.detach())):
+            self._refuse_non_finite_loss(loss)
+        elif isinstance(self.weight_optimizer, torch.optim.LBFGS):
+            self._non_finite_run = 0
             loss = self.weight_optimizer.step(closure)  # re-evaluates the loss as it needs
         else:
-            loss = closure()
+            self._non_finite_run = 0
             if self._scaler is not None:
                 self._scaler.step(self.weight_optimizer)
                 self._scaler.update()
@@ -367,10 +393,27 @@ class HyperTrainer:
                 self.weight_optimizer.step()
         self.weight_step += 1
         self._last_loss = loss.detach()
+        if self._non_finite_run >= self.max_non_finite:
+            raise NonFiniteLossError(
+                f"train_loss was not finite at {self._non_finite_run} weight steps in a row "
+                f"(the last was weight step {self.weight_step}, after hyper step "
+                f"{self.hyper_step}); none of them was applied, so the weights are those of "
+                "the last finite step. Likely causes: a NaN or infinity in the training "
+                "batches, a learning rate too large, or hyperparameters that make the "
+                "training loss overflow.")
         for callback in self.callbacks:
             hook = getattr(callback, "on_weight_step", None)
             if hook is not None:
                 hook(self, self._last_loss)
+
+    def _refuse_non_finite_loss(self, loss: Tensor) -> None:
+        """A weight step whose training loss is NaN or infinite is not applied (after
+        ``max_non_finite`` of them in a row, ``_weight_step`` stops training)."""
+        self.weight_optimizer.zero_grad(set_to_none=True)
+        self._non_finite_run += 1
+        self.history.skipped_weight_steps += 1
+        _logger.warning("weight step %d: training loss %s, step not applied (%d in a row)",
+                        self.weight_step + 1, float(loss.detach()), self._non_finite_run)
 
     def _val_loss(self) -> Tensor:
         self.model.eval()
@@ -535,6 +578,10 @@ class HyperTrainer:
             "callbacks": [{"class": type(c).__qualname__, "state": c.state_dict()}
                           for c in self._stateful_callbacks()],
             "rng": torch.get_rng_state(),
+            "weight_optimizer_class": type(self.weight_optimizer).__qualname__,
+            "hyper_optimizer_class": (None if self.hyper is None
+                                      else type(self.hyper.optimizer).__qualname__),
+            "world_size": _world_size(),
         }
         for name, stream in (("train", self._train), ("val", self._val)):
             if stream is not None:
@@ -545,19 +592,68 @@ class HyperTrainer:
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Load what :meth:`state_dict` gave into this trainer, built the same way."""
-        self._setup_callbacks()
-        saved = list(state["callbacks"])
-        mine = self._stateful_callbacks()
-        if [s["class"] for s in saved] != [type(c).__qualname__ for c in mine]:
-            raise ValueError(f"callbacks: the checkpoint holds the state of "
-                             f"{[s['class'] for s in saved]}, this trainer has stateful "
-                             f"callbacks {[type(c).__qualname__ for c in mine]}; build the "
-                             f"trainer with the same callbacks in the same order")
+    def _check_checkpoint(self, state: Any) -> None:
+        """Refuse a checkpoint that does not fit this trainer, before anything is changed."""
+        if not isinstance(state, Mapping) or not _CHECKPOINT_KEYS <= set(state):
+            missing = sorted(_CHECKPOINT_KEYS - set(state)) if isinstance(state, Mapping) else []
+            raise ValueError(f"not a HyperTrainer checkpoint (missing {missing or 'everything'})")
         if (state["hyper"] is None) != (self.hyper is None):
             raise ValueError("the checkpoint and this trainer differ in mode (one tunes "
                              "hyperparameters, the other is weights-only)")
+        saved = [s["class"] for s in state["callbacks"]]
+        mine = [type(c).__qualname__ for c in self._stateful_callbacks()]
+        if saved != mine:
+            raise ValueError(f"callbacks: the checkpoint holds the state of {saved}, this "
+                             f"trainer has stateful callbacks {mine}; build the trainer with "
+                             f"the same callbacks in the same order")
+        _check_model_state("model", state["model"], self.model.state_dict())
+        _check_optimizer_state("weight_optimizer", state["weight_optimizer"],
+                               state.get("weight_optimizer_class"), self.weight_optimizer)
+        if self.hyper is not None:
+            _check_optimizer_state("hyper_optimizer", state["hyper"]["optimizer"],
+                                   state.get("hyper_optimizer_class"), self.hyper.optimizer)
+        for name, stream in (("train", self._train), ("val", self._val)):
+            saved_source = state["data"].get(name, {}).get("source")
+            if isinstance(stream.source if stream else None, TensorBatches) and isinstance(
+                    saved_source, Mapping) and "order" in saved_source:
+                n, m = len(saved_source["order"]), stream.source.n
+                if n != m:
+                    raise ValueError(f"{name}_data: the checkpoint was taken with {n} examples, "
+                                     f"this trainer has {m}")
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != _world_size():
+            raise ValueError(f"the checkpoint was taken with {saved_world} processes, this "
+                             f"run has {_world_size()}")
+
+    def _report_overrides(self, state: Mapping[str, Any]) -> None:
+        """Log the optimizer settings (learning rates, ...) that the checkpoint's replace."""
+        pairs = [("weight_optimizer", self.weight_optimizer, state["weight_optimizer"])]
+        if self.hyper is not None:
+            pairs.append(("hyper_optimizer", self.hyper.optimizer, state["hyper"]["optimizer"]))
+        changes = []
+        for name, optimizer, saved in pairs:
+            for k, (group, old) in enumerate(zip(optimizer.param_groups, saved["param_groups"])):
+                for key, value in old.items():
+                    if key != "params" and key in group and group[key] != value:
+                        changes.append(f"{name} group {k} {key}: {group[key]!r} -> {value!r}")
+        if changes:
+            _logger.warning("resume: the checkpoint's settings replace this trainer's: %s",
+                            "; ".join(changes))
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load what :meth:`state_dict` gave into this trainer, built the same way.
+
+        Everything is checked first (the model's keys and shapes, the optimizers' classes and
+        parameter groups, the size of tensor data, the callbacks, the number of processes);
+        a checkpoint that does not fit raises ``ValueError`` and leaves the trainer as it was.
+        The optimizers' settings (learning rates, ...) come from the checkpoint; those that
+        differ from this trainer's are logged.
+        """
+        self._check_checkpoint(state)
+        self._setup_callbacks()
+        saved = list(state["callbacks"])
+        mine = self._stateful_callbacks()
+        self._report_overrides(state)
         self.model.load_state_dict(state["model"])
         self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         if self.hyper is not None:
@@ -576,18 +672,92 @@ class HyperTrainer:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     def save(self, path: str | Path) -> Path:
-        """Write a checkpoint (``torch.save``; loaded back with ``weights_only=True``)."""
+        """Write a checkpoint (``torch.save``; loaded back with ``weights_only=True``).
+
+        The file is written beside ``path`` and then renamed over it, so a run killed during
+        a save leaves the previous checkpoint whole.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict(), path)
+        state = self.state_dict()
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            with open(partial, "wb") as file:
+                torch.save(state, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
         return path
 
     def resume(self, path: str | Path) -> HyperTrainer:
-        """Load a checkpoint written by :meth:`save` into this trainer, built the same way."""
-        # On the CPU first: random-generator states must stay there; load_state_dict moves the
-        # model's and the optimizers' tensors to where their parameters are.
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        """Load a checkpoint written by :meth:`save` into this trainer, built the same way.
+
+        Raises:
+            FileNotFoundError: There is no file at ``path``.
+            ValueError: The file is not a readable checkpoint, or it does not fit this
+                trainer (see :meth:`load_state_dict`); the trainer is then unchanged.
+        """
+        self.load_state_dict(read_checkpoint(path))
         return self
+
+
+_CHECKPOINT_KEYS = frozenset({"model", "weight_optimizer", "hyper", "hyper_step", "weight_step",
+                              "history", "data", "callbacks", "rng"})
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint at ``path``, read with ``torch.load(weights_only=True)`` onto the CPU
+    (random-generator states must stay there; loading puts the model's and the optimizers'
+    tensors where their parameters are). A file that cannot be read is a ``ValueError``
+    naming it; nothing in it is ever run."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 (torch raises many kinds for a bad file)
+        text = str(error)
+        reason = ("it holds objects that a checkpoint never holds (refused unread)"
+                  if "Weights only load failed" in text else text.splitlines()[0][:200])
+        raise ValueError(f"checkpoint {path} could not be read: truncated, corrupt or not "
+                         f"written by HyperTrainer.save ({reason})") from None
+
+
+def _world_size() -> int:
+    distributed = torch.distributed
+    if distributed.is_available() and distributed.is_initialized():
+        return distributed.get_world_size()
+    return 1
+
+
+def _check_model_state(name: str, saved: Any, mine: Mapping[str, Tensor]) -> None:
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"{name}: the checkpoint holds no model state")
+    missing = sorted(set(mine) - set(saved))
+    unexpected = sorted(set(saved) - set(mine))
+    shapes = sorted(k for k in set(mine) & set(saved)
+                    if tuple(getattr(saved[k], "shape", ())) != tuple(mine[k].shape))
+    if missing or unexpected or shapes:
+        parts = [f"{label} {keys[:5]}{' ...' if len(keys) > 5 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                     ("shapes differ for", shapes)) if keys]
+        raise ValueError(f"{name}: the checkpoint is of another model: {'; '.join(parts)}")
+
+
+def _check_optimizer_state(name: str, saved: Any, saved_class: str | None,
+                           optimizer: torch.optim.Optimizer) -> None:
+    mine = type(optimizer).__qualname__
+    if saved_class is not None and saved_class != mine:
+        raise ValueError(f"{name}: the checkpoint holds the state of a {saved_class}, this "
+                         f"trainer has a {mine}")
+    groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
+    sizes = [len(g["params"]) for g in groups] if groups is not None else None
+    if sizes != [len(g["params"]) for g in optimizer.param_groups]:
+        raise ValueError(f"{name}: the checkpoint's parameter groups ({sizes} tensors) do not "
+                         f"match this trainer's "
+                         f"({[len(g['params']) for g in optimizer.param_groups]})")
 
 
 def _eval_data(name: str, data: Any, device: torch.device) -> Any:
@@ -598,7 +768,7 @@ def _eval_data(name: str, data: Any, device: torch.device) -> Any:
     if isinstance(data, Tensor):
         data = (data,)
     if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
-        return tuple(t.to(device) for t in check_tensors(name, data))
+        return tuple(t.to(device) for t in check_finite(name, check_tensors(name, data)))
     return as_source(name, data, batch_size=1, seed=0)
 
 
