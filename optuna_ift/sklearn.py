@@ -549,7 +549,8 @@ class IFTRidge(RegressorMixin, _IFTBase):
     ``alpha``. The intercept is not decayed.
 
     Args:
-        weight_decay: ``"per_feature"`` (one decay per coefficient) or ``"global"``.
+        weight_decay: ``"per_weight"`` (one decay per coefficient, as in
+            :class:`IFTLogisticRegression`; ``"per_feature"`` is the same) or ``"global"``.
         validation_fraction: Share of the data held out to learn the decays, in (0, 1).
         refit: Re-solve on all the data with the learned decays.
         solver: Inverse-Hessian-vector product: ``"cg"``, ``"neumann"``, ``"identity"`` or
@@ -576,12 +577,12 @@ class IFTRidge(RegressorMixin, _IFTBase):
             ``weight_decay`` (geometric mean) and ``hypergradient_norm``.
     """
 
-    _decay_modes = ("per_feature", "global")
+    _decay_modes = ("per_weight", "per_feature", "global")
 
     def __init__(
         self,
         *,
-        weight_decay: str = "per_feature",
+        weight_decay: str = "per_weight",
         validation_fraction: float = 0.2,
         refit: bool = True,
         solver: str = "cg",
@@ -630,6 +631,9 @@ class IFTRidge(RegressorMixin, _IFTBase):
         """
         self._check_params()
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
+        if np.asarray(y).dtype.kind not in "biuf":
+            raise ValueError(f"y must hold numbers (the regression targets), got an array of "
+                             f"dtype {np.asarray(y).dtype}")
         device, dtype = _resolve_device(self.device), _torch_dtype(X)
         rng = _seed_of(self.random_state)
         train_idx, val_idx = _split(len(y), self.validation_fraction, rng, None)

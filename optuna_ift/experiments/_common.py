@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
+import os
+import secrets
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,7 @@ from tqdm.auto import tqdm
 
 from optuna_ift.trainer import Callback, HyperTrainer
 
-__all__ = ["BarCallback", "Count", "count_warnings", "progress", "write_results"]
+__all__ = ["BarCallback", "Count", "count_warnings", "jsonable", "progress", "write_results"]
 
 
 def progress(*, total: int, desc: str, enable: bool = True) -> tqdm:
@@ -32,22 +35,50 @@ class BarCallback(Callback):
         self.bar.update(self.steps)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN or infinity; keep the value readable
+def jsonable(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, infinity) replaced by ``None``, so that
+    ``json.dumps(..., allow_nan=False)`` writes standard JSON (``null``) instead of the
+    ``NaN``/``Infinity`` tokens that other JSON readers reject. NumPy scalars become Python
+    numbers, mappings get string keys and tuples become lists; other values are returned as
+    they are.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)  # also NumPy's integers, which json cannot write
+    if isinstance(value, numbers.Real):
+        return float(value) if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
 def write_results(out: str | Path, results: dict[str, Any]) -> Path:
-    """Write ``results`` to ``out/results.json`` (creating ``out``) and return the path."""
+    """Write ``results`` to ``out/results.json`` (creating ``out``) and return the path.
+
+    NaN and infinities are written as ``null`` (see :func:`jsonable`). The file is replaced
+    atomically: the JSON goes to a temporary file in ``out`` that is then renamed over
+    ``results.json``, so a reader (or a crash) never sees half a file.
+
+    Raises:
+        TypeError: If ``results`` holds a value that JSON cannot represent.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    path.write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+    text = json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n"
+    temporary = out / f".results.json.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(temporary, "x", encoding="utf-8") as f:  # "x": the usual permissions
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from optuna_ift._validation import check_int
 from optuna_ift.data import load_diabetes
 from optuna_ift.experiments._common import progress, write_results
 from optuna_ift.hypergrad import (
@@ -88,10 +89,8 @@ def compare_inverse(
         The results: per solver and step count, mean and standard deviation over draws of the
         cosine similarity and the l2 distance to the exact hypergradient.
     """
-    if not (isinstance(max_steps, int) and max_steps >= 1):
-        raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
-    if not (isinstance(n_draws, int) and n_draws >= 1):
-        raise ValueError(f"n_draws must be an integer >= 1, got {n_draws!r}")
+    max_steps = check_int("max_steps", max_steps, 1)
+    n_draws = check_int("n_draws", n_draws, 1)
     low, high = (float(x) for x in log10_decay_range)
     if not low <= high:
         raise ValueError(f"log10_decay_range must be (low, high) with low <= high, got "

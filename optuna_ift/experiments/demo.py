@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import time
 import warnings
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from optuna_ift.integration import (
     HybridSampler,
     create_storage,
     load_learned,
+    mask_password,
     run_trainer,
 )
 from optuna_ift.trainer import Callback, HyperTrainer, accuracy, resolve_device
@@ -145,7 +147,10 @@ class _Sleep(Callback):
 
 
 def _dashboard_command(storage: str, artifacts: Path) -> str:
-    return f"optuna-dashboard {storage} --artifact-dir {artifacts}"
+    """The shell command that opens the study in optuna-dashboard (``storage`` is shown with
+    its password masked by :func:`mask_password`)."""
+    return (f"optuna-dashboard {shlex.quote(mask_password(storage))} "
+            f"--artifact-dir {shlex.quote(str(artifacts))}")
 
 
 def _summarise(study: optuna.Study, store: Any, *, top: int) -> dict[str, Any]:
@@ -232,7 +237,8 @@ def _format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _open_storage(storage: str | None, out: Path, **heartbeat: Any) -> tuple[Any, str]:
-    """``(storage object, the string optuna-dashboard takes)``."""
+    """``(storage object, the string optuna-dashboard takes)``; the string still holds the
+    password, if any: mask it (:func:`mask_password`) before it is shown or saved."""
     if storage is None:
         storage = str(out / "study.log")
     if storage.startswith("journal://"):
@@ -272,7 +278,8 @@ def demo(
     Returns:
         The results (also in ``out/results.json``): trial states, the best trials, the
         parameter importances, the best trial's learned decays (log10) and validation curve,
-        the storage and the ``optuna-dashboard`` command, ``seconds``.
+        the storage and the ``optuna-dashboard`` command (both with the password masked),
+        ``neumann_cutoffs`` (Neumann series cut off, counted instead of warned), ``seconds``.
     """
     _check_int("n_trials", n_trials, 1)
     _check_int("hyper_steps", hyper_steps, 1)
@@ -317,7 +324,7 @@ def demo(
         "study_name": study_name,
         "dataset": data.name,
         "n_train": len(data.y_train), "n_val": len(data.y_val), "n_test": len(data.y_test),
-        "storage": storage_str,
+        "storage": mask_password(storage_str),
         "artifacts": str(artifacts),
         "dashboard": dashboard,
         "settings": {"n_trials": n_trials, "hyper_steps": hyper_steps, "seed": seed,
@@ -342,8 +349,13 @@ def demo(
           f"({', '.join(f'{v} {k.lower()}' for k, v in results['states'].items() if v)}); "
           f"{results['warm_started_trials']} warm-started. Best trials:")
     print(_format_table(results["best_trials"]))
+    if cutoffs:
+        print(f"{cutoffs} Neumann series cut off where their terms grew (the hypergradient "
+              "kept the terms before; counted here instead of one warning each)")
     print(f"\nresults and figures: {out}  ({results['seconds']:.0f} s)")
     print(dashboard)
+    if mask_password(storage_str) != storage_str:
+        print("(the password is shown as ***: put it back to run the command)")
     return results
 
 
@@ -399,8 +411,10 @@ def run_worker(
         data_seed: Seed of the digits split; the same for all workers.
 
     Returns:
-        ``{"study_name", "trials_run", "states"}``: this worker's trial numbers and the
-        study's trial counts by state when it stopped.
+        ``{"study_name", "trials_run", "states", "artifacts", "neumann_cutoffs"}``: this
+        worker's trial numbers, the study's trial counts by state when it stopped, the folder
+        of the artifacts, and how many Neumann series were cut off (counted; the
+        ``NeumannDivergenceWarning`` of each is not shown).
     """
     _check_int("n_trials", n_trials, 1)
     if total_trials is not None:
@@ -427,9 +441,17 @@ def run_worker(
     def remember(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         mine.append(trial.number)
 
+    cutoffs = 0
+
+    def optimize(n: int) -> None:
+        # Count the Neumann cut-offs (reported once) instead of printing a warning for each.
+        nonlocal cutoffs
+        with count_warnings(NeumannDivergenceWarning) as cut:
+            study.optimize(objective, n_trials=n, callbacks=[remember], gc_after_trial=False)
+        cutoffs += cut.value
+
     if total_trials is None:
-        study.optimize(objective, n_trials=n_trials, callbacks=[remember],
-                       gc_after_trial=False)
+        optimize(n_trials)
     else:
         # One trial at a time, deciding before each whether the study still needs one: a
         # queued retry always runs; a new trial only while finished + running trials fall
@@ -444,8 +466,7 @@ def run_worker(
             if done >= total_trials:
                 break
             if waiting or (done + running < total_trials and started < n_trials):
-                study.optimize(objective, n_trials=1, callbacks=[remember],
-                               gc_after_trial=False)
+                optimize(1)
                 started += not waiting
             elif running:
                 time.sleep(max(0.5, heartbeat_interval / 2))
@@ -456,4 +477,5 @@ def run_worker(
                 break
     trials = study.get_trials(deepcopy=False)
     return {"study_name": study_name, "trials_run": mine,
-            "states": {s.name: sum(t.state == s for t in trials) for s in TrialState}}
+            "states": {s.name: sum(t.state == s for t in trials) for s in TrialState},
+            "artifacts": str(artifacts), "neumann_cutoffs": cutoffs}

@@ -277,8 +277,12 @@ def lstm(
     corpus = load_ptb(data_root, max_train_tokens=max_train_tokens, device=dev)
     train = corpus.sequences("train", seq_len)
     sets = {"valid": corpus.sequences("valid", seq_len), "test": corpus.sequences("test", seq_len)}
-    weight_steps = max(inner_steps, int(round(epochs * train[0].shape[0] / batch_size)))
-    weight_steps -= weight_steps % inner_steps
+    asked = int(round(epochs * train[0].shape[0] / batch_size))
+    if asked < inner_steps:
+        raise ValueError(f"epochs={epochs:g} gives {asked} weight steps of {batch_size} "
+                         f"sequences, fewer than inner_steps={inner_steps}: raise epochs (or "
+                         f"lower inner_steps or batch_size)")
+    weight_steps = asked - asked % inner_steps
     hyper_steps = weight_steps // inner_steps
     eval_hyper = max(1, hyper_steps // evaluations)
     tokens = weight_steps * batch_size * seq_len

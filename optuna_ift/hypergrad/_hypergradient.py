@@ -26,10 +26,11 @@ from torch import Tensor
 
 from optuna_ift.hypergrad._solvers import HVP, Neumann, Solver
 
-__all__ = ["hypergradient", "train_gradient_hvp"]
+__all__ = ["as_tensors", "check_scalar", "grad_keeping_graph", "hypergradient",
+           "train_gradient_hvp"]
 
 
-def _as_tensors(name: str, tensors: Sequence[Tensor] | Tensor) -> tuple[Tensor, ...]:
+def as_tensors(name: str, tensors: Sequence[Tensor] | Tensor) -> tuple[Tensor, ...]:
     if isinstance(tensors, Tensor):
         tensors = (tensors,)
     tensors = tuple(tensors)
@@ -46,7 +47,7 @@ def _as_tensors(name: str, tensors: Sequence[Tensor] | Tensor) -> tuple[Tensor, 
     return tensors
 
 
-def _check_scalar(name: str, loss: object) -> Tensor:
+def check_scalar(name: str, loss: object) -> Tensor:
     if not isinstance(loss, Tensor):
         raise TypeError(f"{name} must be a scalar torch.Tensor, got {type(loss).__name__}")
     if loss.numel() != 1:
@@ -56,7 +57,7 @@ def _check_scalar(name: str, loss: object) -> Tensor:
     return loss.reshape(())
 
 
-def _grad(outputs, inputs, grad_outputs=None) -> tuple[Tensor, ...]:
+def grad_keeping_graph(outputs, inputs, grad_outputs=None) -> tuple[Tensor, ...]:
     """``torch.autograd.grad`` that keeps the graph and gives zeros for unreached inputs."""
     return torch.autograd.grad(
         outputs,
@@ -93,7 +94,7 @@ def _vjp(gradient: tuple[Tensor, ...], v: Sequence[Tensor], inputs: tuple[Tensor
     live = [k for k, g in enumerate(gradient) if g.requires_grad]
     if not live:
         return tuple(torch.zeros_like(x) for x in inputs)
-    return _grad([gradient[k] for k in live], inputs, [v[k].detach() for k in live])
+    return grad_keeping_graph([gradient[k] for k in live], inputs, [v[k].detach() for k in live])
 
 
 def hypergradient(
@@ -130,14 +131,14 @@ def hypergradient(
         >>> val = ((Xv @ w - yv) ** 2).mean()
         >>> (g,) = hypergradient(val, train, [w], [log_decay], solver=ConjugateGradient(steps=3))
     """
-    val_loss = _check_scalar("val_loss", val_loss)
-    train_loss = _check_scalar("train_loss", train_loss)
-    params = _as_tensors("params", params)
-    hparams = _as_tensors("hparams", hparams)
+    val_loss = check_scalar("val_loss", val_loss)
+    train_loss = check_scalar("train_loss", train_loss)
+    params = as_tensors("params", params)
+    hparams = as_tensors("hparams", hparams)
     if not callable(solver):
         raise TypeError(f"solver must be callable as solver(hvp, v), got {solver!r}")
 
-    both = _grad(val_loss, params + hparams)
+    both = grad_keeping_graph(val_loss, params + hparams)
     v1, direct = both[: len(params)], both[len(params):]
 
     gradient, hvp = train_gradient_hvp(train_loss, params)

@@ -193,10 +193,7 @@ class ConjugateGradient:
 
     def __post_init__(self) -> None:
         _check_int("steps", self.steps, 1)
-        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not (
-            math.isfinite(self.tol) and self.tol >= 0
-        ):
-            raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
+        _check_positive("tol", self.tol, allow_zero=True)
 
     def __call__(self, hvp: HVP, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         v = tuple(v)

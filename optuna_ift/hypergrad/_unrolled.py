@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from optuna_ift.hypergrad._hypergradient import _as_tensors, _check_scalar, _grad
+from optuna_ift._validation import check_int, check_positive
+from optuna_ift.hypergrad._hypergradient import as_tensors, check_scalar, grad_keeping_graph
 
 __all__ = ["unrolled_hypergradient"]
 
@@ -50,32 +51,26 @@ def unrolled_hypergradient(
     Returns:
         A tuple of detached tensors shaped like ``hparams``.
     """
-    hparams = _as_tensors("hparams", hparams)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a number > 0, got {lr!r}")
-    if truncate is None:
-        truncate = steps
-    if isinstance(truncate, bool) or not isinstance(truncate, int) or not (
-        min(1, steps) <= truncate <= steps
-    ):
-        raise ValueError(f"truncate must be an integer in [1, steps={steps}], got {truncate!r}")
+    hparams = as_tensors("hparams", hparams)
+    steps = check_int("steps", steps, 0)
+    lr = check_positive("lr", lr)
+    truncate = check_int("truncate", steps if truncate is None else truncate, min(1, steps),
+                         steps)
 
     weights = tuple(p.detach() for p in params)
     detached_hparams = tuple(h.detach() for h in hparams)
     for _ in range(steps - truncate):
         weights = tuple(w.requires_grad_() for w in weights)
-        loss = _check_scalar("train_loss_fn(...)", train_loss_fn(weights, detached_hparams))
-        grads = _grad(loss, weights)
+        loss = check_scalar("train_loss_fn(...)", train_loss_fn(weights, detached_hparams))
+        grads = grad_keeping_graph(loss, weights)
         weights = tuple((w - lr * g).detach() for w, g in zip(weights, grads))
 
     weights = tuple(w.requires_grad_() for w in weights)
     for _ in range(truncate):
-        loss = _check_scalar("train_loss_fn(...)", train_loss_fn(weights, hparams))
+        loss = check_scalar("train_loss_fn(...)", train_loss_fn(weights, hparams))
         grads = torch.autograd.grad(
             loss, weights, create_graph=True, allow_unused=True, materialize_grads=True
         )
         weights = tuple(w - lr * g for w, g in zip(weights, grads))
-    val = _check_scalar("val_loss_fn(...)", val_loss_fn(weights, hparams))
-    return tuple(g.detach() for g in _grad(val, hparams))
+    val = check_scalar("val_loss_fn(...)", val_loss_fn(weights, hparams))
+    return tuple(g.detach() for g in grad_keeping_graph(val, hparams))

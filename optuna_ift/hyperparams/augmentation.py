@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from optuna_ift._validation import check_int
 from optuna_ift.hyperparams._base import HyperParameter
 
 __all__ = ["AugmentationNet", "as_hyperparameters"]
@@ -33,11 +34,7 @@ def as_hyperparameters(module: nn.Module) -> nn.Module:
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
+    return check_int(name, value, minimum)
 
 
 def _conv(

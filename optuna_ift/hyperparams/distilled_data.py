@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from optuna_ift._validation import check_int
 from optuna_ift.hyperparams._base import HyperParameter
 
 __all__ = ["DistilledData"]
@@ -17,11 +18,7 @@ _LABEL_CONFIDENCE = 0.9
 
 
 def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
+    return check_int(name, value, minimum)
 
 
 class DistilledData(nn.Module):

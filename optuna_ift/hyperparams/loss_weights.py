@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from optuna_ift._validation import check_int
 from optuna_ift.hyperparams._base import HyperParameter
 
 __all__ = ["LossWeights"]
@@ -32,10 +33,7 @@ class LossWeights(nn.Module):
 
     def __init__(self, num_examples: int, *, init: float = 1.0) -> None:
         super().__init__()
-        if isinstance(num_examples, bool) or not isinstance(num_examples, int):
-            raise TypeError(f"num_examples must be an int, got {type(num_examples).__name__}")
-        if num_examples < 1:
-            raise ValueError(f"num_examples must be an int >= 1, got {num_examples}")
+        num_examples = check_int("num_examples", num_examples, 1)
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not (
             math.isfinite(init) and init > 0
         ):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ from optuna.artifacts import download_artifact, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 from torch import Tensor, nn
 
+from optuna_ift._validation import ArgumentKindError, check_int
 from optuna_ift.hyperparams import HyperParameter, WeightDecay
 from optuna_ift.trainer import Callback, HyperTrainer
 
@@ -53,6 +55,7 @@ __all__ = [
     "learned_hyperparameters",
     "load_checkpoint",
     "load_learned",
+    "mask_password",
     "retry_history",
     "run_trainer",
     "save_checkpoint",
@@ -130,6 +133,7 @@ def _download(artifact_store: Any, artifact_id: str, read: Any) -> Any:
 
 
 def _get_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    number = check_int("trial_number", number, 0)
     for trial in study.get_trials(deepcopy=False):
         if trial.number == number:
             return trial
@@ -500,12 +504,12 @@ def run_trainer(
         raise TypeError(f"trial must be an optuna.Trial, got {type(trial).__name__}")
     if not isinstance(trainer, HyperTrainer):
         raise TypeError(f"trainer must be a HyperTrainer, got {type(trainer).__name__}")
-    if isinstance(hyper_steps, bool) or not isinstance(hyper_steps, int) or hyper_steps < 1:
-        raise ValueError(f"hyper_steps must be an integer >= 1, got {hyper_steps!r}")
-    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(
-            checkpoint_every, int) or checkpoint_every < 1):
-        raise ValueError(f"checkpoint_every must be None or an integer >= 1, "
-                         f"got {checkpoint_every!r}")
+    hyper_steps = check_int("hyper_steps", hyper_steps, 1)
+    if checkpoint_every is not None:
+        checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
+    if not isinstance(monitor, str):
+        raise ArgumentKindError(f"monitor must be an evaluation key such as 'val_loss', got "
+                                f"{type(monitor).__name__}")
     name, sep, key = monitor.rpartition("_")
     if not sep or name not in trainer.eval_data or key not in ("loss", "metric"):
         raise ValueError(f"monitor must be '<name>_loss' or '<name>_metric' for a name in the "
@@ -623,26 +627,120 @@ if _BaseHeartbeat is not None:
             return self._stale_callback
 
 
+#: ``?password=...`` (and its spellings) in a URL's query, which libpq and others accept.
+_QUERY_PASSWORD = re.compile(r"([?&;](?:password|passwd|pwd)=)[^&;#]*", re.IGNORECASE)
+
+
+def mask_password(url: str | os.PathLike[str]) -> str:
+    """``url`` with its password replaced by ``***``, for printing, logging and saving.
+
+    ``postgresql+psycopg2://user:secret@host/db`` becomes
+    ``postgresql+psycopg2://user:***@host/db``; a ``password=`` query parameter is masked too.
+    Everything else is kept character for character, and a string without ``://`` (a journal
+    file path) is returned unchanged.
+
+    The user information is taken to end at the *last* ``@`` of the URL, so an unescaped
+    ``@`` or ``/`` in a password never lets part of it through (an ``@`` later in the query
+    hides more than the password, never less).
+
+    Args:
+        url: A storage URL or a file path.
+
+    Returns:
+        The masked string.
+
+    Raises:
+        TypeError: If ``url`` is not a string or a path.
+    """
+    if not isinstance(url, (str, os.PathLike)):
+        raise TypeError(f"url must be a string or a path, got {type(url).__name__}")
+    text = os.fspath(url)
+    if not isinstance(text, str):
+        raise TypeError(f"url must be a text path, got {type(text).__name__}")
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    userinfo, at, host = rest.rpartition("@")
+    if at and ":" in userinfo:
+        user = userinfo.split(":", 1)[0]
+        rest = f"{user}:***@{host}"
+    return _QUERY_PASSWORD.sub(r"\1***", f"{scheme}{sep}{rest}")
+
+
+def _one_line(error: BaseException) -> str:
+    """The driver's message of a SQLAlchemy error (without SQLAlchemy's footer), on one line."""
+    text = str(getattr(error, "orig", None) or error)
+    return " ".join(text.split()) or type(error).__name__
+
+
 def _connect_rdb(url: str, engine_kwargs: dict | None, kwargs: dict[str, Any],
                  attempts: int = 5) -> optuna.storages.RDBStorage:
     """``RDBStorage(url)``, retried: workers that start together on a new database race to
-    create its tables, and all but one of them see a unique-key violation the first time."""
+    create its tables, and all but one of them see a unique-key violation the first time; a
+    server that is starting up refuses connections for a moment.
+
+    Raises:
+        ConnectionError: If the database cannot be reached (a SQLAlchemy ``OperationalError``
+            on every attempt: server down, wrong host, port or password).
+    """
     import random
     import time
 
     import sqlalchemy.exc
 
-    for attempt in range(attempts):
+    shown = mask_password(url)
+    for attempt in range(1, attempts + 1):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-        except sqlalchemy.exc.SQLAlchemyError:
-            if attempt == attempts - 1:
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            if attempt == attempts:
+                if isinstance(error, sqlalchemy.exc.OperationalError):
+                    raise ConnectionError(
+                        f"storage {shown!r}: cannot connect to the database "
+                        f"({attempts} attempt{'s' * (attempts > 1)}): {_one_line(error)}"
+                    ) from error
                 raise
-            _logger.info("connecting to %s failed (attempt %d), retrying", url, attempt + 1)
-            time.sleep(0.2 * (attempt + 1) + 0.3 * random.random())
+            _logger.info("connecting to %s failed (attempt %d of %d: %s), retrying", shown,
+                         attempt, attempts, _one_line(error))
+            time.sleep(0.2 * attempt + 0.3 * random.random())
     raise AssertionError("unreachable")
+
+
+def _check_database_url(url: str) -> None:
+    """Parse ``url`` as a SQLAlchemy URL and load its dialect and driver, so that a typo is a
+    ``ValueError`` naming ``storage`` now rather than a driver error at the first query. A
+    SQLite database's folder is created, as a journal file's is."""
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    shown = mask_password(url)
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as error:
+        raise ValueError(
+            f"storage {shown!r} is not a database URL ({error}); use "
+            "dialect[+driver]://user:password@host[:port]/database (e.g. sqlite:///study.db, "
+            "postgresql+psycopg2://user@host/db) or the path of a journal file") from None
+    try:
+        dialect = parsed.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise ValueError(
+            f"storage {shown!r} names the unknown database {parsed.drivername!r}; use sqlite, "
+            "postgresql, mysql (each with an optional +driver) or the path of a journal "
+            "file") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as error:
+        raise ValueError(
+            f"storage {shown!r} needs the database driver of {parsed.drivername!r}, which is "
+            f"not installed ({error}); install it or name an installed driver, e.g. "
+            "postgresql+psycopg2://...") from None
+    database = parsed.database
+    if (parsed.get_backend_name() == "sqlite" and database and database != ":memory:"
+            and not database.startswith("file:")):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
 def create_storage(
@@ -651,16 +749,21 @@ def create_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     max_retry: int | None = None,
+    connect_attempts: int = 5,
 ) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``storage``, with heartbeats and retries when asked.
 
+    Passwords never reach the log: every URL this function logs or puts in an error message
+    goes through :func:`mask_password`.
+
     Args:
-        storage: A database URL (``sqlite:///study.db``, ``postgresql://...``,
-            ``mysql+pymysql://...``: an :class:`~optuna.storages.RDBStorage`), the path of a
-            journal file (anything without ``://``; ``journal:///path`` works too: a
+        storage: A database URL (``sqlite:///study.db``, ``postgresql+psycopg2://...``,
+            ``mysql+pymysql://...``: an :class:`~optuna.storages.RDBStorage`; a SQLite
+            database's folder is created), the path of a journal file (anything without
+            ``://``; ``journal:///path`` works too: a
             :class:`~optuna.storages.JournalStorage` on a
-            :class:`~optuna.storages.journal.JournalFileBackend`), or a storage object, returned
-            unchanged.
+            :class:`~optuna.storages.journal.JournalFileBackend`; its folder is created), or a
+            storage object, returned unchanged.
         heartbeat_interval: Seconds between heartbeats of a running trial; ``None``: no
             heartbeats (a killed worker's trial then stays ``RUNNING``).
         grace_period: Seconds without a heartbeat after which a running trial is failed;
@@ -668,6 +771,14 @@ def create_storage(
         max_retry: With heartbeats, a failed stale trial is retried (a copy is queued with
             :class:`optuna.storages.RetryFailedTrialCallback`) at most this many times;
             ``None``: without limit.
+        connect_attempts: Tries to open a database (a short, growing pause between them);
+            each failed one but the last is logged at INFO level.
+
+    Raises:
+        TypeError: If ``storage`` is neither a string, a path nor a storage.
+        ValueError: If an argument is out of range, or ``storage`` is not a database URL, names
+            an unknown database or a driver that is not installed.
+        ConnectionError: If the database cannot be reached in ``connect_attempts`` tries.
     """
     if isinstance(storage, optuna.storages.BaseStorage):
         return storage
@@ -675,11 +786,13 @@ def create_storage(
         raise TypeError(f"storage must be a URL, a path or an Optuna storage, "
                         f"got {type(storage).__name__}")
     for name, value in (("heartbeat_interval", heartbeat_interval),
-                        ("grace_period", grace_period)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 1):
-            raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+                        ("grace_period", grace_period), ("max_retry", max_retry)):
+        if value is not None:
+            check_int(name, value, 0 if name == "max_retry" else 1)
+    check_int("connect_attempts", connect_attempts, 1)
     url = os.fspath(storage)
+    if not url.strip():
+        raise ValueError("storage must be a database URL or a journal file path, got ''")
     callback = None
     if heartbeat_interval is not None:
         with warnings.catch_warnings():
@@ -689,6 +802,7 @@ def create_storage(
     if url.startswith("journal://"):
         url = url[len("journal://"):]
     elif "://" in url:
+        _check_database_url(url)
         kwargs: dict[str, Any] = {}
         if heartbeat_interval is not None:
             kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period,
@@ -699,7 +813,8 @@ def create_storage(
                     optuna.storages.RDBStorage).parameters:
                 kwargs["heartbeat_stale_trial_callback"] = kwargs.pop("failed_trial_callback")
         engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-        return _connect_rdb(url, engine_kwargs, kwargs)
+        _logger.debug("opening the database %s", mask_password(url))
+        return _connect_rdb(url, engine_kwargs, kwargs, attempts=connect_attempts)
     from optuna.storages.journal import JournalFileBackend
 
     Path(url).parent.mkdir(parents=True, exist_ok=True)

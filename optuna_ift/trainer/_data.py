@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
-from optuna_ift._validation import check_int
+from optuna_ift._validation import ArgumentKindError, check_int
 
 __all__ = ["BatchStream", "TensorBatches", "as_source", "batch_size_of", "check_finite",
            "move_batch"]
@@ -141,6 +141,10 @@ _KINDS = ("a tensor, a tuple of tensors, a TensorDataset, a TensorBatches, a Dat
           "another iterable of batches")
 
 
+def _is_numpy(value: Any) -> bool:
+    return type(value).__module__ == "numpy" and hasattr(value, "__array__")
+
+
 def as_source(name: str, data: Any, *, batch_size: int, seed: int, shuffle: bool = True,
               drop_last: bool = True, device: torch.device | None = None) -> Any:
     """The source behind a ``train_data`` / ``val_data`` / ``eval_data`` argument.
@@ -151,6 +155,11 @@ def as_source(name: str, data: Any, *, batch_size: int, seed: int, shuffle: bool
     """
     if data is None:
         return None
+    if _is_numpy(data) or (isinstance(data, (tuple, list)) and data and all(
+            _is_numpy(d) for d in data)):
+        raise ArgumentKindError(f"{name} holds NumPy arrays: convert them to tensors first, "
+                                f"e.g. (torch.as_tensor(X, dtype=torch.float32), "
+                                f"torch.as_tensor(y))")
     if isinstance(data, TensorDataset):
         data = data.tensors
     if isinstance(data, Tensor):
@@ -164,16 +173,16 @@ def as_source(name: str, data: Any, *, batch_size: int, seed: int, shuffle: bool
     if isinstance(data, TensorBatches):
         check_finite(name, data.tensors)
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
-        raise TypeError(f"{name} is a map-style Dataset ({type(data).__name__}), whose items are "
-                        f"single examples: wrap it in torch.utils.data.DataLoader(dataset, "
-                        f"batch_size=...)")
+        raise ArgumentKindError(f"{name} is a map-style Dataset ({type(data).__name__}), whose "
+                                f"items are single examples: wrap it in "
+                                f"torch.utils.data.DataLoader(dataset, batch_size=...)")
     if isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Iterable):
-        raise TypeError(f"{name} must be {_KINDS}, got {type(data).__name__}")
+        raise ArgumentKindError(f"{name} must be {_KINDS}, got {type(data).__name__}")
     if isinstance(data, (tuple, list)):
         if not data:
             raise ValueError(f"{name} is empty: it holds no batch")
         if not _holds_tensor(data[0]):
-            raise TypeError(f"{name} must be {_KINDS}; its first batch holds no tensor: "
+            raise ArgumentKindError(f"{name} must be {_KINDS}; its first batch holds no tensor: "
                             f"{data[0]!r:.80}")
     return data
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from optuna_ift._validation import check_int
+from optuna_ift._validation import ArgumentKindError, check_int
 from optuna_ift.hypergrad import (
     HVP,
     Neumann,
@@ -142,9 +142,12 @@ class HyperStep:
         if not weights:
             raise ValueError("model has no trainable weights (parameters that are not "
                              "HyperParameter)")
+        if isinstance(solver, type):
+            raise ArgumentKindError(f"solver is the class {solver.__name__}, not a solver: call "
+                                    f"it, e.g. solver={solver.__name__}()")
         if not (callable(solver) or isinstance(solver, Unrolled)):
-            raise TypeError(f"solver must be a solver(hvp, v) from optuna_ift.hypergrad or "
-                            f"Unrolled, got {solver!r}")
+            raise ArgumentKindError(f"solver must be a solver(hvp, v) from optuna_ift.hypergrad "
+                                    f"or Unrolled, got {solver!r}")
         self.weights: list[Tensor] = weights
         self.hyperparameters: list[Tensor] = hyperparameters
         self.solver = solver

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from optuna_ift._validation import check_int, check_positive
+from optuna_ift._validation import ArgumentKindError, check_callable, check_int, check_positive
 from optuna_ift.hypergrad import Neumann, Solver, unrolled_hypergradient
 from optuna_ift.hyperparams import split_parameters
 from optuna_ift.trainer._callbacks import check_callbacks
@@ -60,11 +60,34 @@ Batch = Any
 LossFn = Callable[[nn.Module, Batch], Tensor]
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` is CUDA when present, else the CPU; anything else goes to ``torch.device``."""
-    if device == "auto":
+_DEVICES = '"auto" (CUDA when present), "cpu", "cuda", "cuda:N" or another torch device'
+
+
+def resolve_device(device: str | torch.device, name: str = "device") -> torch.device:
+    """``"auto"`` is CUDA when present, else the CPU; anything else goes to ``torch.device``.
+
+    A device PyTorch does not know, or one this machine lacks (CUDA without a GPU, ``cuda:N``
+    past the last GPU, MPS where there is none), is a ``ValueError`` naming ``name``.
+    """
+    if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if not isinstance(device, (str, torch.device)):
+        raise ArgumentKindError(f"{name} must be {_DEVICES}, got {type(device).__name__}")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{name} must be {_DEVICES}, got {device!r}") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{name}={str(device)!r}: this machine has no CUDA device; use "
+                             f"\"auto\" or \"cpu\"")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"{name}={str(device)!r}: this machine has {count} CUDA "
+                             f"device{'s' * (count > 1)} (cuda:0 to cuda:{count - 1})")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name}={str(device)!r}: MPS is not available on this machine")
+    return resolved
 
 
 def accuracy(model: nn.Module, batch: Batch) -> Tensor:
@@ -256,10 +279,12 @@ class HyperTrainer:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not callable(train_loss):
-            raise TypeError("train_loss must be callable as train_loss(model, batch)")
-        if val_loss is not None and not callable(val_loss):
-            raise TypeError("val_loss must be None or callable as val_loss(model, batch)")
+        check_callable("train_loss", train_loss, "train_loss(model, batch)")
+        if val_loss is not None:
+            check_callable("val_loss", val_loss, "val_loss(model, batch)")
+        if metric is not None:
+            check_callable("metric", metric, "metric(model, batch), e.g. "
+                           "optuna_ift.trainer.accuracy")
         if autocast not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, "
                              f"got {autocast!r}")
@@ -367,6 +392,11 @@ class HyperTrainer:
             with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                                 enabled=self.autocast is not None):
                 loss = self.train_loss_fn(self.model, batch)
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                raise ArgumentKindError(
+                    f"train_loss(model, batch) must return a scalar tensor computed from the "
+                    f"weights, got {type(loss).__name__}"
+                    f"{'' if not isinstance(loss, Tensor) else f' of shape {tuple(loss.shape)}'}")
             self.weight_optimizer.zero_grad(set_to_none=True)
             if self._scaler is not None:
                 self._scaler.scale(loss).backward(inputs=self.weights)
@@ -379,7 +409,7 @@ class HyperTrainer:
             return loss
 
         loss = closure()
-        if not bool(torch.isfinite(loss.detach())):
+        if not bool(torch.isfinite(loss.detach())):  # (closure checked it is a tensor)
             self._refuse_non_finite_loss(loss)
         elif isinstance(self.weight_optimizer, torch.optim.LBFGS):
             self._non_finite_run = 0
