@@ -64,7 +64,8 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
 
 def check_bool(name: str, value: Any) -> bool:
     """``value``, if it is a ``bool`` (NumPy's included)."""
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
+    if not isinstance(value, bool) and not numpy_bool:
         raise ArgumentKindError(f"{name} must be True or False, got {_shown(value)}")
     return bool(value)
 

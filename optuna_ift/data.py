@@ -41,6 +41,7 @@ import dataclasses
 import gzip
 import hashlib
 import math
+import numbers
 import os
 import pickle
 import shutil
@@ -53,6 +54,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from optuna_ift._validation import ArgumentKindError, check_int
+from optuna_ift.trainer import resolve_device
 
 __all__ = [
     "DATASETS",
@@ -80,9 +84,25 @@ class Split:
     y_val: Tensor
 
 
-def _check_fraction(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
+def _check_fraction(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ArgumentKindError(f"{name} must be a number in (0, 1), got "
+                                f"{type(value).__name__} {value!r:.60}")
+    if not 0.0 < value < 1.0:  # NaN too
         raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+
+
+def _dataset_key(value: Any, arg: str = "name") -> str:
+    """The canonical name of a data set of :func:`load_dataset` (case and ``_`` versus ``-``
+    do not matter); ``arg`` is the argument the caller took it as."""
+    shown = ", ".join(map(repr, DATASETS))
+    allowed = f"{arg} must be one of {shown}"
+    if not isinstance(value, str):
+        raise ArgumentKindError(f"{allowed}, got {type(value).__name__} {value!r:.60}")
+    key = value.strip().lower().replace("_", "-")
+    if key not in DATASETS:
+        raise ValueError(f"{allowed}, got {value!r:.60}")
+    return key
 
 
 def load_diabetes(
@@ -106,6 +126,7 @@ def load_diabetes(
     from sklearn.datasets import load_diabetes as _sk_load
 
     _check_fraction("val_fraction", val_fraction)
+    device = resolve_device(device, "device")
     X, y = _sk_load(return_X_y=True)
     order = np.random.default_rng(seed).permutation(len(y))
     n_val = int(round(val_fraction * len(y)))
@@ -216,7 +237,10 @@ def _import_torchvision_datasets() -> Any:
 def _check_count(name: str, value: int | None) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArgumentKindError(f"{name} must be None or a positive integer, got "
+                                f"{type(value).__name__} {value!r:.60}")
+    if value < 1:
         raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
 
 
@@ -653,13 +677,18 @@ def load_dataset(
         normalize: Standardise each channel with the training mean and deviation; ``False``
             leaves pixels in ``[0, 1]``.
         dtype: Floating dtype of the images (labels are always int64).
-        device: Device of the returned tensors.
+        device: Device of the returned tensors (``"auto"``: CUDA when present), checked
+            before anything is read.
 
     Returns:
         The images, labels and metadata; see :class:`ClassificationData`.
 
     Raises:
-        ValueError: For an unknown ``name``, a missing ``root``, or an argument out of range;
+        TypeError: For an argument of the wrong kind (a ``name`` that is not a string, a
+            string where a number or a dtype goes); see
+            :class:`~optuna_ift._validation.ArgumentKindError`.
+        ValueError: For an unknown ``name``, a missing ``root``, a device this machine lacks,
+            or an argument out of range;
             and, naming the file, for a broken data file: a truncated or corrupt ``.gz``, an
             IDX file whose magic number or size does not match what its header says, images
             and labels files of one split that differ in count, a label out of range, a
@@ -668,9 +697,7 @@ def load_dataset(
         RuntimeError: If CIFAR-10 files fail torchvision's md5 check (the files are named).
         ImportError: If a torchvision data set is asked for and torchvision is not installed.
     """
-    key = name.strip().lower().replace("_", "-") if isinstance(name, str) else name
-    if key not in DATASETS:
-        raise ValueError(f"name must be one of {', '.join(map(repr, DATASETS))}, got {name!r}")
+    key = _dataset_key(name)
     _check_fraction("val_fraction", val_fraction)
     if test_fraction is not None:
         if key != "digits":
@@ -681,10 +708,18 @@ def load_dataset(
         _check_fraction("test_fraction", test_fraction)
     for arg, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         _check_count(arg, value)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ArgumentKindError(f"seed must be a non-negative integer, got "
+                                f"{type(seed).__name__} {seed!r:.60}")
+    if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    if not isinstance(dtype, torch.dtype):
+        raise ArgumentKindError(f"dtype must be a floating torch.dtype (torch.float32, "
+                                f"torch.float64, ...), got {type(dtype).__name__} {dtype!r:.60}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype (torch.float32, torch.float64, "
+                         f"...), got {dtype!r}")
+    device = resolve_device(device, "device")
 
     if key == "digits":
         X_pool, y_pool, X_test_all, y_test_all, classes = _read_digits()
@@ -786,7 +821,7 @@ def load_dataset(
         std=std,
         classes=classes,
     )
-    return data if torch.device(device) == torch.device("cpu") else data.to(device)
+    return data if device == torch.device("cpu") else data.to(device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -844,9 +879,7 @@ class Corpus:
 
 
 def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
+    return check_int(name, value, 1)
 
 
 def _read_words(path: Path) -> list[str]:
@@ -904,17 +937,23 @@ def load_ptb(
         root: The folder of the three files.
         max_train_tokens: Keep only the first this many training tokens (the vocabulary is
             still built from the whole training text, so ids do not depend on it).
-        device: Device of the returned tensors.
+        device: Device of the returned tensors (``"auto"``: CUDA when present), checked
+            before anything is read.
 
     Raises:
+        TypeError: If ``root`` is not a str or path, or ``max_train_tokens`` not an integer.
         FileNotFoundError: If one of the three files is missing.
-        ValueError: For an out-of-range argument or a word no vocabulary entry covers; and,
+        ValueError: For an out-of-range argument, a device this machine lacks or a word no
+            vocabulary entry covers; and,
             naming the file, for a file that is not UTF-8 text or holds no word.
     """
-    if root is None:
-        raise ValueError("root must be the folder that holds train.txt, valid.txt and test.txt")
+    if not isinstance(root, (str, os.PathLike)):
+        raise ArgumentKindError("root must be the folder that holds train.txt, valid.txt and "
+                                f"test.txt (a str or path), got {type(root).__name__} "
+                                f"{root!r:.60}")
     if max_train_tokens is not None:
         _check_positive_int("max_train_tokens", max_train_tokens)
+    device = resolve_device(device, "device")
     folder = Path(root)
     paths = {name: folder / f"{name}.txt" for name in _CORPUS_FILES}
     missing = [str(p) for p in paths.values() if not p.is_file()]

@@ -65,8 +65,8 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "which is not installed: pip install 'optuna-ift[lightning]'"
     ) from error
 
-from optuna_ift._validation import check_int
-from optuna_ift.hypergrad import Neumann, Solver
+from optuna_ift._validation import ArgumentKindError, check_int
+from optuna_ift.hypergrad import Neumann, Solver, check_solver
 from optuna_ift.hyperparams import HyperParameter, split_parameters
 from optuna_ift.trainer import BatchStream, HyperStep, Unrolled, rmsprop
 from optuna_ift.trainer import as_source
@@ -247,8 +247,9 @@ class IFTCallback(pl.Callback):
     ) -> None:
         super().__init__()
         if val_data is None:
-            raise ValueError("val_data is required: the hyperparameters are tuned on the "
-                             "validation loss of its batches")
+            raise ArgumentKindError("val_data is required: the hyperparameters are tuned on "
+                                    "the validation loss of its batches (tensors, a "
+                                    "TensorBatches, a DataLoader or an iterable of batches)")
         self.every_n_steps = check_int("every_n_steps", every_n_steps, 1)
         self.alpha_every = check_int("alpha_every", alpha_every, 1)
         self.val_batches = check_int("val_batches", val_batches, 1)
@@ -258,9 +259,7 @@ class IFTCallback(pl.Callback):
             raise TypeError("solver=Unrolled is not available in IFTCallback: unrolled "
                             "differentiation re-runs the weight steps, which Lightning owns; "
                             "use an implicit solver (Neumann, ConjugateGradient, Identity)")
-        if not callable(solver):
-            raise TypeError(f"solver must be a solver(hvp, v) from optuna_ift.hypergrad, got "
-                            f"{solver!r}")
+        check_solver("solver", solver)
         if isinstance(hyper_optimizer, torch.optim.Optimizer) or not callable(hyper_optimizer):
             raise TypeError("hyper_optimizer must be a factory f(hyperparameters) -> "
                             "torch.optim.Optimizer (the hyperparameters are only known at fit "

@@ -32,7 +32,7 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,8 +44,11 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import Tensor
 
+from optuna_ift._validation import ArgumentKindError
+from optuna_ift._validation import check_bool as _check_bool
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
+from optuna_ift._validation import check_real as _check_real
 from optuna_ift.hypergrad import ConjugateGradient, Exact, Identity, Neumann, hypergradient
 
 __all__ = ["IFTLogisticRegression", "IFTRidge", "validation_split_curve"]
@@ -62,9 +65,57 @@ _FINAL_STEPS = 300
 # ------------------------------------------------------------------------------------------
 # Argument checks
 # ------------------------------------------------------------------------------------------
-def _check_fraction(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
-        raise ValueError(f"{name} must be a number in the open interval (0, 1), got {value!r}")
+def _shown(value: Any) -> str:
+    return f"{type(value).__name__} {value!r:.60}"
+
+
+def _check_fraction(name: str, value: Any) -> float:
+    allowed = f"{name} must be a number in the open interval (0, 1)"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ArgumentKindError(f"{allowed}, got {_shown(value)}")
+    if not 0 < value < 1:
+        raise ValueError(f"{allowed}, got {value!r}")
+    return float(value)
+
+
+def _check_sequence(name: str, value: Any, of: str) -> list[Any]:
+    """``value`` as a list, if it is a sequence (a list, a tuple, an array), not a string."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ArgumentKindError(f"{name} must be a sequence of {of} (a list, a tuple or an "
+                                f"array), got {_shown(value)}")
+    return list(value)
+
+
+def _check_verbose(value: Any) -> None:
+    allowed = "verbose must be an integer >= 0 or a bool"
+    if isinstance(value, (bool, np.bool_)):
+        return
+    if not isinstance(value, numbers.Integral):
+        raise ArgumentKindError(f"{allowed}, got {_shown(value)}")
+    if value < 0:
+        raise ValueError(f"{allowed}, got {value!r}")
+
+
+# The messages of scikit-learn's input validation that name neither X nor y, and what to say
+# before them.
+_SKLEARN_MESSAGES = (
+    ("inconsistent numbers of samples",
+     "X and y must have the same number of samples (rows of X, entries of y)"),
+    ("Expected 2D array", "X must be a 2D array (n_samples, n_features)"),
+)
+
+
+def _validate(estimator: BaseEstimator, *args: Any, **kwargs: Any) -> Any:
+    """scikit-learn's ``validate_data``, with the errors that name neither ``X`` nor ``y``
+    re-raised (same type, chained) with a message that does."""
+    try:
+        return validate_data(estimator, *args, **kwargs)
+    except ValueError as error:
+        text = str(error)
+        for needle, prefix in _SKLEARN_MESSAGES:
+            if needle in text:
+                raise type(error)(f"{prefix}: {text}") from error
+        raise
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
@@ -91,19 +142,30 @@ def _resolve_device(device: Any) -> torch.device:
         raise ValueError(f"device must be 'auto' or a torch device, got {device!r}") from err
 
 
+def _check_random_state(random_state: Any) -> None:
+    """Refuse a ``random_state`` that is neither None, an integer >= 0, a ``RandomState`` nor a
+    ``Generator`` (without drawing from it)."""
+    if random_state is None or isinstance(random_state,
+                                          (np.random.RandomState, np.random.Generator)):
+        return
+    allowed = ("random_state must be None, an integer or a numpy RandomState (or Generator), "
+               "an integer >= 0")
+    if isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral):
+        raise ArgumentKindError(f"{allowed}, got {_shown(random_state)}")
+    if random_state < 0:
+        raise ValueError(f"{allowed}, got {random_state!r}")
+
+
 def _seed_of(random_state: Any) -> np.random.Generator:
     """A numpy Generator from scikit-learn's ``random_state`` (None, int or RandomState)."""
+    _check_random_state(random_state)
     if random_state is None:
         return np.random.default_rng()
     if isinstance(random_state, np.random.RandomState):
         return np.random.default_rng(random_state.randint(0, 2**31 - 1))
     if isinstance(random_state, np.random.Generator):
         return random_state
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        return np.random.default_rng(int(random_state))
-    raise ValueError(
-        f"random_state must be None, an integer or a numpy RandomState, got {random_state!r}"
-    )
+    return np.random.default_rng(int(random_state))
 
 
 def _split(
@@ -227,20 +289,16 @@ class _IFTBase(BaseEstimator):
     def _check_params(self) -> None:
         _check_choice("weight_decay", self.weight_decay, self._decay_modes)
         _check_fraction("validation_fraction", self.validation_fraction)
-        if not isinstance(self.refit, (bool, np.bool_)):
-            raise ValueError(f"refit must be True or False, got {self.refit!r}")
+        _check_bool("refit", self.refit)
         _check_choice("solver", self.solver, _SOLVERS)
         _check_int("solver_steps", self.solver_steps, 1)
         _check_positive("learning_rate", self.learning_rate)
         _check_int("max_iter", self.max_iter, 1)
-        if isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real) or not (
-            math.isfinite(self.tol) and self.tol >= 0
-        ):
-            raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
+        _check_real("tol", self.tol, low=0.0)
         _check_int("n_iter_no_change", self.n_iter_no_change, 1)
         _check_positive("weight_decay_init", self.weight_decay_init)
-        if not isinstance(self.verbose, numbers.Integral) or self.verbose < 0:
-            raise ValueError(f"verbose must be an integer >= 0 or a bool, got {self.verbose!r}")
+        _check_verbose(self.verbose)
+        _check_random_state(self.random_state)
 
     def _decay_value(self, log_decay: Tensor) -> float | np.ndarray:
         decay = log_decay.detach().exp().cpu().double().numpy()
@@ -376,13 +434,13 @@ class IFTLogisticRegression(ClassifierMixin, _IFTBase):
             self
         """
         self._check_params()
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], accept_sparse=False)
+        X, y = _validate(self, X, y, dtype=[np.float64, np.float32], accept_sparse=False)
         check_classification_targets(y)
         self.classes_, encoded = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(
-                f"{type(self).__name__} needs samples of at least 2 classes in the data, but "
-                f"the data contains only one class: {self.classes_[0]!r}"
+                f"{type(self).__name__} needs samples of at least 2 classes in y, but y "
+                f"contains only one class: {self.classes_[0]!r}"
             )
         device = _resolve_device(self.device)
         dtype = _torch_dtype(X)
@@ -476,7 +534,7 @@ class IFTLogisticRegression(ClassifierMixin, _IFTBase):
         from one decay search.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        X = _validate(self, X, reset=False, dtype=[np.float64, np.float32])
         encoded = np.searchsorted(self.classes_, np.asarray(y))
         other = copy.deepcopy(self)
         device, dtype = _resolve_device(self.device), _torch_dtype(X)
@@ -505,7 +563,7 @@ class IFTLogisticRegression(ClassifierMixin, _IFTBase):
         """Scores: ``(n_samples,)`` for two classes (positive means ``classes_[1]``), else
         ``(n_samples, n_classes)``."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        X = _validate(self, X, reset=False, dtype=[np.float64, np.float32])
         scores = np.asarray(X, dtype=np.float64) @ self.coef_.T + self.intercept_
         return scores[:, 0] if scores.shape[1] == 1 else scores
 
@@ -630,7 +688,7 @@ class IFTRidge(RegressorMixin, _IFTBase):
             self
         """
         self._check_params()
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
+        X, y = _validate(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
         if np.asarray(y).dtype.kind not in "biuf":
             raise ValueError(f"y must hold numbers (the regression targets), got an array of "
                              f"dtype {np.asarray(y).dtype}")
@@ -687,7 +745,7 @@ class IFTRidge(RegressorMixin, _IFTBase):
     def predict(self, X: Any) -> np.ndarray:
         """Predicted targets, ``(n_samples,)``."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        X = _validate(self, X, reset=False, dtype=[np.float64, np.float32])
         return np.asarray(X, dtype=np.float64) @ self.coef_ + self.intercept_
 
 
@@ -738,6 +796,13 @@ def validation_split_curve(
         ``test_accuracy_refit``, ``validation_score``, ``decay_geometric_mean``, ``n_iter``,
         ``fit_seconds``, ``refit_seconds``), and ``summary[mode]["refit" | "no_refit"][str(size)]``
         = ``{"mean": [...], "std": [...]}`` over seeds, one entry per fraction.
+
+    Raises:
+        TypeError: If ``sizes``, ``fractions``, ``weight_decays`` or ``seeds`` is not a
+            sequence (a string is not one) or holds a value of the wrong kind, or
+            ``estimator`` is neither ``None`` nor an :class:`IFTLogisticRegression`.
+        ValueError: If a value is out of range, a sequence is empty, or the data's shapes
+            disagree.
     """
     from tqdm.auto import tqdm
 
@@ -752,18 +817,25 @@ def validation_split_curve(
             f"X_test must be (n_test, {X.shape[1]}) with one label per row in y_test, got "
             f"{X_test.shape} and {y_test.shape}"
         )
-    sizes = [int(s) for s in sizes]
-    for s in sizes:
+    sizes = _check_sequence("sizes", sizes, "integers")
+    for k, s in enumerate(sizes):
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+            raise ArgumentKindError(f"sizes must be a sequence of integers, got {_shown(s)} "
+                                    f"at position {k}")
         if not 2 <= s <= len(y):
             raise ValueError(f"sizes must lie in [2, {len(y)}] (the pool), got {s}")
-    fractions = [float(f) for f in fractions]
-    for f in fractions:
-        _check_fraction("fractions", f)
+    sizes = [int(s) for s in sizes]
+    fractions = [_check_fraction("fractions", f)
+                 for f in _check_sequence("fractions", fractions, "numbers in (0, 1)")]
+    weight_decays = _check_sequence("weight_decays", weight_decays, "decay modes")
     for mode in weight_decays:
         _check_choice("weight_decays", mode, IFTLogisticRegression._decay_modes)
-    seeds = [int(s) for s in seeds]
+    seeds = [_check_int("seeds", s, 0) for s in _check_sequence("seeds", seeds, "integers")]
     if not sizes or not fractions or not weight_decays or not seeds:
         raise ValueError("sizes, fractions, weight_decays and seeds must each be non-empty")
+    if estimator is not None and not isinstance(estimator, IFTLogisticRegression):
+        raise ArgumentKindError(f"estimator must be None or an IFTLogisticRegression (the "
+                                f"template of every run), got {_shown(estimator)}")
     template = IFTLogisticRegression() if estimator is None else estimator
 
     records = []

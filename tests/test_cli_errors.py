@@ -152,7 +152,7 @@ def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         ("optuna-ift compare-inverse: error: log10_decay_range must be (low, high) with low "
-         "<= high, got (1.0, -1.0)")]
+         "<= high, two finite numbers, got (1.0, -1.0)")]
     assert done.stdout == ""
 
 

@@ -124,7 +124,7 @@ def test_distill_with_learned_labels_and_neumann(tmp_path):
     ({"eval_every": 0}, "eval_every"),
     ({"n_random_draws": 0}, "n_random_draws"),
     ({"seed": -1}, "seed"),
-    ({"dataset": "imagenet"}, "name must be one of"),
+    ({"dataset": "imagenet"}, "dataset must be one of"),
 ])
 def test_distill_arguments_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):

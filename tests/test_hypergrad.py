@@ -346,7 +346,7 @@ def test_hypergradient_arguments_are_checked(ridge):
         hypergradient(val, train, [w], [])
     with pytest.raises(ValueError, match="val_loss must be a scalar"):
         hypergradient(torch.stack([val, val]), train, [w], [theta])
-    with pytest.raises(TypeError, match="solver must be callable"):
+    with pytest.raises(TypeError, match=r"solver must be a solver\(hvp, v\)"):
         hypergradient(val, train, [w], [theta], solver="neumann")
     with pytest.raises(ValueError, match="steps must be an integer"):
         unrolled_hypergradient(ridge.train_fn, ridge.val_fn, [w], [theta], steps=-1, lr=0.1)

@@ -122,7 +122,7 @@ def test_every_model_kind_runs_and_is_reproducible():
         ({"init_decay": -1e-3}, "init_decay"),
         ({"n_train": 0}, "n_train"),
         ({"n_val": 15}, "n_val"),  # balanced: a multiple of the 10 classes
-        ({"dataset": "imagenet"}, "name"),
+        ({"dataset": "imagenet"}, "dataset must be one of"),
         ({"dataset": "mnist"}, "root"),
     ],
 )

@@ -31,6 +31,9 @@ def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch):
     history = namespace["history"]  # HyperTrainer on digits, 200 hyper steps
     assert len(history.hyper_steps) == 200 and history.skipped == 0
     assert history.hyper_steps[-1]["val_loss"] < history.hyper_steps[0]["val_loss"]
+    from_loader = namespace["trainer"]  # the DataLoader of dict batches, workers
+    assert len(from_loader.history.hyper_steps) == 20 and from_loader.history.skipped == 0
+    assert from_loader.weight_step == 200 and from_loader.epoch >= 1
     hyper = namespace["hyper"]  # your own loop
     assert hyper.steps == len(namespace["digits"].y_train) // 64 // 10 and hyper.skipped == 0
     assert float(hyper.hyperparameters[0].detach().std()) > 0  # all 1e-3 at the start

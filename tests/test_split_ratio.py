@@ -30,7 +30,7 @@ def test_split_ratio_writes_results_and_figure(tmp_path):
     (dict(seeds=0), "seeds"),
     (dict(sizes=[10**6]), "sizes"),
     (dict(fractions=[0.0]), "fractions"),
-    (dict(dataset="nope"), "name"),
+    (dict(dataset="nope"), "dataset must be one of"),
 ])
 def test_split_ratio_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

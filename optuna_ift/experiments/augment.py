@@ -26,8 +26,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import numbers
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from optuna_ift._validation import ArgumentKindError
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
-from optuna_ift.data import DATASETS, load_dataset
+from optuna_ift.data import _dataset_key, load_dataset
 from optuna_ift.experiments._common import count_warnings, progress, write_results
 from optuna_ift.experiments._models import classification_loss, make_classifier
 from optuna_ift.hypergrad import Identity, Neumann, NeumannDivergenceWarning
@@ -188,18 +190,23 @@ def augment(
         validation evaluation and at the end), their mean and standard deviation, the
         validation curves, how far the learned augmentation moves images, and the table.
     """
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
+    seeds_allowed = "seeds must be an integer >= 1 or a non-empty sequence of integers >= 0"
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
         run_seeds = list(range(seed, seed + _check_int("seeds", seeds, 1)))
-    elif isinstance(seeds, Sequence) and not isinstance(seeds, str) and seeds and all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+    elif isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or any(
+        isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in seeds
     ):
-        run_seeds = list(seeds)
+        raise ArgumentKindError(f"{seeds_allowed}, got {type(seeds).__name__} {seeds!r:.60}")
+    elif not seeds or any(s < 0 for s in seeds):
+        raise ValueError(f"{seeds_allowed}, got {seeds!r}")
     else:
-        raise ValueError(f"seeds must be an integer >= 1 or a non-empty sequence of integers "
-                         f">= 0, got {seeds!r}")
-    if isinstance(methods, str) or not methods or any(m not in AUGMENT_METHODS for m in methods):
-        raise ValueError(f"methods must be a non-empty sequence drawn from {AUGMENT_METHODS}, "
-                         f"got {methods!r}")
+        run_seeds = [int(s) for s in seeds]
+    methods_allowed = f"methods must be a non-empty sequence drawn from {AUGMENT_METHODS}"
+    if isinstance(methods, (str, bytes)) or not isinstance(methods, Collection):
+        raise ArgumentKindError(f"{methods_allowed}, got {type(methods).__name__} "
+                                f"{methods!r:.60}")
+    if not methods or any(m not in AUGMENT_METHODS for m in methods):
+        raise ValueError(f"{methods_allowed}, got {methods!r}")
     methods = [m for m in AUGMENT_METHODS if m in methods]
     _check_int("n_train", n_train, 1)
     _check_int("n_val", n_val, 1)
@@ -213,8 +220,13 @@ def augment(
     _check_positive("hyper_lr", hyper_lr)
     _check_positive("noise_scale", noise_scale, allow_zero=True)
     _check_int("neumann_steps", neumann_steps, 0)
-    if neumann_alpha != "auto":
-        _check_positive("neumann_alpha", neumann_alpha)
+    if not (isinstance(neumann_alpha, str) and neumann_alpha == "auto"):
+        if isinstance(neumann_alpha, bool) or not isinstance(neumann_alpha, numbers.Real):
+            raise ArgumentKindError(f"neumann_alpha must be 'auto' or a finite number > 0, got "
+                                    f"{type(neumann_alpha).__name__} {neumann_alpha!r:.60}")
+        if not (math.isfinite(neumann_alpha) and neumann_alpha > 0):
+            raise ValueError(f"neumann_alpha must be 'auto' or a finite number > 0, got "
+                             f"{neumann_alpha!r}")
     _check_int("unrolled_steps", unrolled_steps, 1)
     _check_positive("unrolled_lr", unrolled_lr)
     _check_int("aug_hidden", aug_hidden, 1)
@@ -224,15 +236,14 @@ def augment(
     _check_int("n_show", n_show, 0)
     _check_int("n_std_samples", n_std_samples, 2)
     _check_int("seed", seed, 0)
-    key = dataset.strip().lower().replace("_", "-") if isinstance(dataset, str) else dataset
-    if key not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    key = _dataset_key(dataset, "dataset")
     if key != "digits" and data_root is None:
         raise ValueError(f"data_root is required for dataset={dataset!r}: the folder that "
                          "holds the torchvision files ('digits' needs none)")
 
-    started = time.perf_counter()
     dev = resolve_device(device)
+
+    started = time.perf_counter()
     data = load_dataset(dataset, root=data_root, download=download, n_train=n_train,
                         n_val=n_val, n_test=n_test, balanced=True, seed=seed, device=dev)
     solvers = {

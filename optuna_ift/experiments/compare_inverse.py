@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optuna_ift._validation import check_int
+from optuna_ift._validation import ArgumentKindError, check_int
 from optuna_ift.data import load_diabetes
 from optuna_ift.experiments._common import progress, write_results
 from optuna_ift.hypergrad import (
@@ -64,6 +65,22 @@ def _cosine(a: Tensor, b: Tensor) -> float:
     return float(torch.dot(a, b) / (torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b)))
 
 
+def _check_range(name: str, value: Any) -> tuple[float, float]:
+    """``(low, high)`` as floats, if ``value`` is two finite numbers with ``low <= high``."""
+    allowed = f"{name} must be (low, high) with low <= high, two finite numbers"
+    if isinstance(value, (str, bytes)):
+        raise ArgumentKindError(f"{allowed}, got {type(value).__name__} {value!r:.60}")
+    try:
+        items = list(value)
+    except TypeError:
+        raise ArgumentKindError(f"{allowed}, got {type(value).__name__} {value!r:.60}") from None
+    if any(isinstance(x, bool) or not isinstance(x, numbers.Real) for x in items):
+        raise ArgumentKindError(f"{allowed}, got {value!r:.60}")
+    if len(items) != 2 or not all(math.isfinite(x) for x in items) or not items[0] <= items[1]:
+        raise ValueError(f"{allowed}, got {value!r:.60}")
+    return float(items[0]), float(items[1])
+
+
 def compare_inverse(
     *,
     max_steps: int = 50,
@@ -91,10 +108,8 @@ def compare_inverse(
     """
     max_steps = check_int("max_steps", max_steps, 1)
     n_draws = check_int("n_draws", n_draws, 1)
-    low, high = (float(x) for x in log10_decay_range)
-    if not low <= high:
-        raise ValueError(f"log10_decay_range must be (low, high) with low <= high, got "
-                         f"{log10_decay_range!r}")
+    low, high = _check_range("log10_decay_range", log10_decay_range)
+    check_int("seed", seed, 0)
     started = time.perf_counter()
     data = load_diabetes(val_fraction=0.5, seed=seed)
     problem = _DecayedLinearRegression(data.X_train, data.y_train, data.X_val, data.y_val)

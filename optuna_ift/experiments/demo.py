@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import shlex
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -54,7 +55,8 @@ from optuna_ift.integration import (
 )
 from optuna_ift.trainer import Callback, HyperTrainer, accuracy, resolve_device
 
-__all__ = ["demo", "make_objective", "run_worker"]
+__all__ = ["ATTR_HOST", "ATTR_PID", "demo", "make_objective", "retry_trials_of_dead_processes",
+           "run_worker"]
 
 _logger = logging.getLogger(__name__)
 
@@ -128,7 +130,8 @@ def make_objective(
             eval_every=eval_every, metric=accuracy, device=device_, callbacks=callbacks,
             progress=False, seed=trial_seed,
         )
-        trial.set_user_attr("ift:pid", os.getpid())
+        trial.set_user_attr(ATTR_PID, os.getpid())
+        trial.set_user_attr(ATTR_HOST, socket.gethostname())
         return run_trainer(trial, trainer, hyper_steps=hyper_steps,
                            artifact_store=artifact_store, checkpoint_every=checkpoint_every,
                            warm_start=warm_start)
@@ -144,6 +147,47 @@ class _Sleep(Callback):
 
     def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
         time.sleep(self.seconds)
+
+
+#: The process and the machine that run a demo trial (user attributes).
+ATTR_PID = "ift:pid"
+ATTR_HOST = "ift:host"
+
+
+def _process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def retry_trials_of_dead_processes(study: optuna.Study, storage: Any) -> list[int]:
+    """Fail and retry the trials of ``study`` left ``RUNNING`` by a process of this machine
+    that no longer exists (a demo killed with SIGKILL); returns their numbers.
+
+    The retry is queued by the storage's failed-trial callback (Optuna's
+    ``RetryFailedTrialCallback``), so it keeps the trial's parameters and its user attributes,
+    among them its last checkpoint, from which :func:`~optuna_ift.integration.run_trainer`
+    resumes it. Trials of other machines are left to their heartbeats.
+    """
+    host = socket.gethostname()
+    callback = getattr(storage, "get_failed_trial_callback", lambda: None)()
+    study_id = storage.get_study_id_from_name(study.study_name)
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid, where = trial.user_attrs.get(ATTR_PID), trial.user_attrs.get(ATTR_HOST)
+        if where != host or not isinstance(pid, int) or pid == os.getpid() or (
+                _process_is_alive(pid)):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        if storage.set_trial_state_values(trial_id, TrialState.FAIL):
+            failed.append(trial.number)
+            if callback is not None:
+                callback(study, storage.get_trial(trial_id))
+    return failed
 
 
 def _dashboard_command(storage: str, artifacts: Path) -> str:
@@ -258,8 +302,16 @@ def demo(
     show_progress: bool = True,
     timeout: float | None = None,
     top: int = 5,
+    step_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """Run the demo study and write ``results.json`` and figures to ``out``.
+
+    Run it again on the same ``out`` (or ``storage``) and it adds trials to the same study:
+    its sampler is seeded afresh (``seed`` plus the trials already there), so it does not
+    repeat the first run's parameters, and a trial left running by a process that was killed
+    is failed and retried, resuming its inner training from its last checkpoint. Trials send
+    heartbeats, so a trial of a dead process on another machine of a shared storage is
+    retried too, once its heartbeat is 20 seconds old.
 
     Args:
         n_trials: Trials to run (added to the study if it already exists in ``storage``).
@@ -274,6 +326,8 @@ def demo(
         show_progress: Show Optuna's progress bar.
         timeout: Stop starting trials after this many seconds.
         top: Rows of the table of best trials.
+        step_seconds: Pause after each hyper step (only to make trials slow enough to be
+            interrupted in tests).
 
     Returns:
         The results (also in ``out/results.json``): trial states, the best trials, the
@@ -289,26 +343,35 @@ def demo(
         _check_positive("timeout", timeout)
     if not isinstance(show_progress, bool):
         raise TypeError(f"show_progress must be a bool, got {type(show_progress).__name__}")
+    resolve_device(device)  # refused before the study is created or any data is read
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     artifacts = out / "artifacts"
     artifacts.mkdir(exist_ok=True)
     store = FileSystemArtifactStore(str(artifacts))
-    storage_obj, storage_str = _open_storage(storage, out)
+    _check_positive("step_seconds", step_seconds, allow_zero=True)
+    storage_obj, storage_str = _open_storage(storage, out, heartbeat_interval=5,
+                                             grace_period=20, max_retry=3)
     data = load_dataset("digits", seed=seed)
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar replaces per-trial logs
     study = optuna.create_study(
         storage=storage_obj, study_name=study_name, direction="minimize",
-        sampler=HybridSampler(optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=10),
         load_if_exists=True,
     )
     before = len(study.get_trials(deepcopy=False))
+    # A rerun draws new parameters: the sampler's seed moves on with the study.
+    study.sampler = HybridSampler(optuna.samplers.TPESampler(seed=seed + before,
+                                                             n_startup_trials=8))
+    recovered = retry_trials_of_dead_processes(study, storage_obj)
+    if recovered:
+        _logger.info("demo: trials %s were left running by a killed process; retrying them",
+                     recovered)
     objective = make_objective(data=data, artifact_store=store, hyper_steps=hyper_steps,
-                               seed=seed + before, device=device)
+                               seed=seed + before, device=device, step_seconds=step_seconds)
     try:
         with count_warnings(NeumannDivergenceWarning) as cut:
             study.optimize(objective, n_trials=n_trials, timeout=timeout,

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from optuna_ift._validation import ArgumentKindError
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.data import Corpus, load_ptb
@@ -269,8 +270,10 @@ def lstm(
     for name, value, low in (("hidden_size", hidden_size, 1), ("num_layers", num_layers, 1),
                              ("seq_len", seq_len, 2), ("batch_size", batch_size, 1),
                              ("inner_steps", inner_steps, 1), ("neumann_steps", neumann_steps, 0),
-                             ("evaluations", evaluations, 1)):
+                             ("evaluations", evaluations, 1), ("seed", seed, 0)):
         _check_int(name, value, low)
+    if max_train_tokens is not None:
+        _check_int("max_train_tokens", max_train_tokens, 1)
     if optimizer not in _OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {optimizer!r}")
     dev = resolve_device(device)
@@ -369,9 +372,12 @@ def lstm(
 
 def _check_methods(methods: Any) -> tuple[str, ...]:
     allowed = ", ".join(map(repr, LSTM_METHODS))
-    if isinstance(methods, str) or not isinstance(methods, Sequence) or not methods or any(
-        m not in LSTM_METHODS for m in methods
-    ) or len(set(methods)) != len(methods):
+    if isinstance(methods, (str, bytes)) or not isinstance(methods, Sequence):
+        raise ArgumentKindError(f"methods must be distinct names from {allowed}, got "
+                                f"{type(methods).__name__} {methods!r:.60}")
+    if not methods or any(m not in LSTM_METHODS for m in methods) or len(
+        set(methods)
+    ) != len(methods):
         raise ValueError(f"methods must be distinct names from {allowed}, got {methods!r}")
     if "tpe" in methods and "ift-7" not in methods:
         raise ValueError("methods: 'tpe' gets the wall-clock time of 'ift-7', so it needs it")
@@ -427,7 +433,7 @@ def lstm_overfit(
     for name, value, low in (("n_sequences", n_sequences, 1), ("hidden_size", hidden_size, 1),
                              ("num_layers", num_layers, 1), ("seq_len", seq_len, 2),
                              ("hyper_steps", hyper_steps, 1), ("inner_steps", inner_steps, 1),
-                             ("neumann_steps", neumann_steps, 0)):
+                             ("neumann_steps", neumann_steps, 0), ("seed", seed, 0)):
         _check_int(name, value, low)
     for name, value in (("lr", lr), ("hyper_lr", hyper_lr), ("init_decay", init_decay)):
         _check_positive(name, value)

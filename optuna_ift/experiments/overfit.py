@@ -32,9 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from optuna_ift._validation import ArgumentKindError
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
-from optuna_ift.data import load_dataset
+from optuna_ift.data import _dataset_key, load_dataset
 from optuna_ift.experiments._common import BarCallback, count_warnings, progress, write_results
 from optuna_ift.experiments._models import (
     MODEL_KINDS,
@@ -57,7 +58,10 @@ _QUANTILES = (0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0)
 
 def _check_models(models: Any) -> tuple[str, ...]:
     allowed = ", ".join(map(repr, MODEL_KINDS))
-    if isinstance(models, str) or not isinstance(models, Sequence) or not models:
+    if isinstance(models, (str, bytes)) or not isinstance(models, Sequence):
+        raise ArgumentKindError(f"models must be a non-empty sequence of {allowed}, got "
+                                f"{type(models).__name__} {models!r:.60}")
+    if not models:
         raise ValueError(f"models must be a non-empty sequence of {allowed}, got {models!r}")
     for kind in models:
         if kind not in MODEL_KINDS:
@@ -187,6 +191,7 @@ def overfit(
         learned decays; the settings and ``seconds`` (wall time).
 
     Raises:
+        TypeError: If an argument is of the wrong kind (the message names it).
         ValueError: If an argument is out of range (the message names it).
     """
     models = _check_models(models)
@@ -202,9 +207,10 @@ def overfit(
         _check_positive(name, value)
     if not isinstance(show_progress, bool):
         raise TypeError(f"show_progress must be a bool, got {type(show_progress).__name__}")
+    _dataset_key(dataset, "dataset")
+    device_ = resolve_device(device)
 
     started = time.perf_counter()
-    device_ = resolve_device(device)
     data = load_dataset(dataset, root=data_root, download=download, n_train=n_train,
                         n_val=n_val, n_test=n_test, balanced=True, seed=seed, device=device_)
     sets = {"train": (data.X_train, data.y_train), "val": (data.X_val, data.y_val),

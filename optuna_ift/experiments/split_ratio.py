@@ -12,6 +12,7 @@ larger and re-training on all the data matters.
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,9 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from optuna_ift.data import load_dataset
+from optuna_ift._validation import ArgumentKindError
+from optuna_ift._validation import check_int as _check_int
+from optuna_ift.data import _dataset_key, load_dataset
 from optuna_ift.experiments._common import write_results
 from optuna_ift.sklearn import IFTLogisticRegression, validation_split_curve
+from optuna_ift.trainer import resolve_device
 
 __all__ = ["split_ratio"]
 
@@ -88,17 +92,24 @@ def split_ratio(
         run and the mean and deviation over seeds) plus ``findings`` (per mode and size: the
         best share with and without re-training, and what re-training adds) and ``seconds``.
     """
-    started = time.perf_counter()
-    if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer, Sequence)):
-        raise ValueError(f"seeds must be a positive integer or a sequence of integers, got "
-                         f"{seeds!r}")
-    if isinstance(seeds, (int, np.integer)):
+    seeds_allowed = "seeds must be a positive integer or a sequence of integers >= 0"
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
         if seeds < 1:
-            raise ValueError(f"seeds must be a positive integer or a sequence of integers, "
-                             f"got {seeds!r}")
+            raise ValueError(f"{seeds_allowed}, got {seeds!r}")
         seeds = [seed + k for k in range(int(seeds))]
+    elif isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or any(
+        isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in seeds
+    ):
+        raise ArgumentKindError(f"{seeds_allowed}, got {type(seeds).__name__} {seeds!r:.60}")
+    elif any(s < 0 for s in seeds):
+        raise ValueError(f"{seeds_allowed}, got {seeds!r}")
     seeds = [int(s) for s in seeds]
-    key = dataset.strip().lower() if isinstance(dataset, str) else dataset
+    _check_int("seed", seed, 0)
+    _check_int("max_iter", max_iter, 1)
+    key = _dataset_key(dataset, "dataset")
+    resolve_device(device)  # refused here, before the data are read; used by the estimator
+
+    started = time.perf_counter()
     if sizes is None:
         sizes = _DEFAULT_SIZES.get(key, _DEFAULT_SIZES["mnist"])
     # One split into a training pool and a test set; the pool is train + validation here.

@@ -15,6 +15,8 @@ from optuna_ift.hypergrad._solvers import (
     NeumannDivergenceWarning,
     NonPositiveCurvatureWarning,
     Solver,
+    check_alpha,
+    check_solver,
     power_iteration,
 )
 from optuna_ift.hypergrad._unrolled import unrolled_hypergradient
@@ -28,6 +30,8 @@ __all__ = [
     "NeumannDivergenceWarning",
     "NonPositiveCurvatureWarning",
     "Solver",
+    "check_alpha",
+    "check_solver",
     "hypergradient",
     "power_iteration",
     "train_gradient_hvp",

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from optuna_ift.hypergrad._solvers import HVP, Neumann, Solver
+from optuna_ift.hypergrad._solvers import HVP, Neumann, Solver, check_solver
 
 __all__ = ["as_tensors", "check_scalar", "grad_keeping_graph", "hypergradient",
            "train_gradient_hvp"]
@@ -135,8 +135,7 @@ def hypergradient(
     train_loss = check_scalar("train_loss", train_loss)
     params = as_tensors("params", params)
     hparams = as_tensors("hparams", hparams)
-    if not callable(solver):
-        raise TypeError(f"solver must be callable as solver(hvp, v), got {solver!r}")
+    solver = check_solver("solver", solver)
 
     both = grad_keeping_graph(val_loss, params + hparams)
     v1, direct = both[: len(params)], both[len(params):]

@@ -29,6 +29,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from optuna_ift._validation import ArgumentKindError
+from optuna_ift._validation import check_callable as _check_callable
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift.hypergrad import _tensors as T
@@ -45,6 +47,8 @@ __all__ = [
     "NeumannDivergenceWarning",
     "NonPositiveCurvatureWarning",
     "Solver",
+    "check_alpha",
+    "check_solver",
     "power_iteration",
 ]
 
@@ -55,6 +59,39 @@ class NeumannDivergenceWarning(RuntimeWarning):
 
 class NonPositiveCurvatureWarning(RuntimeWarning):
     """Conjugate gradient met a direction of zero or negative curvature and stopped there."""
+
+
+def check_solver(name: str, solver: object) -> Solver:
+    """``solver``, if it is a solver instance callable as ``solver(hvp, v)``.
+
+    A class (``Neumann`` rather than ``Neumann()``) is callable too, but calling it builds a
+    solver instead of solving; it is refused with the advice to call it.
+    """
+    if isinstance(solver, type):
+        raise ArgumentKindError(
+            f"{name} is the class {solver.__name__}, not a solver: call it, e.g. "
+            f"{name}={solver.__name__}()"
+        )
+    if not callable(solver):
+        raise ArgumentKindError(
+            f"{name} must be a solver(hvp, v) such as Neumann(), ConjugateGradient(), "
+            f"Identity() or Exact(), got {type(solver).__name__} {solver!r:.40}")
+    return solver
+
+
+def check_alpha(name: str, value: object) -> float | Literal["auto"]:
+    """``"auto"``, or ``value`` as a ``float`` if it is a finite number > 0 (NumPy's included)."""
+    if isinstance(value, str) and value == "auto":
+        return "auto"
+    try:
+        return _check_positive(name, value)
+    except ValueError as error:  # ArgumentKindError included: keep its kind, say all allowed
+        raise type(error)(
+            f"{name} must be 'auto' or a finite number > 0, got {type(value).__name__} "
+            f"{value!r:.60}"
+        ) from None
+
+
 def _rounding_slack(v: tuple[Tensor, ...]) -> float:
     """A relative change below this is rounding, not growth, in the dtype of ``v``."""
     return math.sqrt(torch.finfo(v[0].dtype).eps)
@@ -74,8 +111,22 @@ def power_iteration(hvp: HVP, v: tuple[Tensor, ...], *, steps: int = 5) -> Tenso
 
     Returns:
         A 0-dim tensor, ``||H u|| / ||u||`` at the last iterate ``u``.
+
+    Raises:
+        ValueError: ``v`` is zero (it has no direction to iterate on). Checking costs one
+            host synchronisation; a non-finite ``v`` gives a non-finite estimate.
     """
-    _check_int("steps", steps, 1)
+    _check_callable("hvp", hvp, "hvp(v)")
+    steps = _check_int("steps", steps, 1)
+    v = tuple(v)
+    if float(T.norm(v)) == 0.0:
+        raise ValueError("v must be a non-zero start vector, got all zeros: power iteration "
+                         "needs a direction to start from")
+    return _power_iteration(hvp, v, steps)
+
+
+def _power_iteration(hvp: HVP, v: tuple[Tensor, ...], steps: int) -> Tensor:
+    """:func:`power_iteration` unchecked: a zero ``v`` gives NaN, for callers that handle it."""
     u = T.scale(v, 1.0 / T.norm(v))
     estimate = u[0].new_zeros(())
     for _ in range(steps):
@@ -121,13 +172,13 @@ class Neumann:
     def __post_init__(self) -> None:
         _check_int("steps", self.steps, 0)
         _check_int("power_steps", self.power_steps, 1)
-        if self.alpha != "auto":
-            _check_positive("alpha", self.alpha)
+        check_alpha("alpha", self.alpha)
 
     def __call__(self, hvp: HVP, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         v = tuple(v)
         if self.alpha == "auto":
-            lam = float(power_iteration(hvp, v, steps=self.power_steps))
+            # Unchecked: a zero v gives NaN here, and the fallback below handles it.
+            lam = float(_power_iteration(hvp, v, self.power_steps))
             if not (math.isfinite(lam) and lam > 0.0):
                 warnings.warn(
                     f"Neumann(alpha='auto') estimated a top eigenvalue of {lam!r}; the "

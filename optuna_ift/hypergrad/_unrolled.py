@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from optuna_ift._validation import check_int, check_positive
+from optuna_ift._validation import check_callable, check_int, check_positive
 from optuna_ift.hypergrad._hypergradient import as_tensors, check_scalar, grad_keeping_graph
 
 __all__ = ["unrolled_hypergradient"]
@@ -51,6 +51,8 @@ def unrolled_hypergradient(
     Returns:
         A tuple of detached tensors shaped like ``hparams``.
     """
+    check_callable("train_loss_fn", train_loss_fn, "train_loss_fn(weights, hparams)")
+    check_callable("val_loss_fn", val_loss_fn, "val_loss_fn(weights, hparams)")
     hparams = as_tensors("hparams", hparams)
     steps = check_int("steps", steps, 0)
     lr = check_positive("lr", lr)

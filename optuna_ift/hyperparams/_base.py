@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from optuna_ift._validation import ArgumentKindError
+
 __all__ = ["HyperParameter", "split_parameters"]
 
 
@@ -26,6 +28,15 @@ class HyperParameter(nn.Parameter):
     def __new__(cls, data: Tensor | None = None, requires_grad: bool = True):
         if data is None:
             data = torch.empty(0)
+        elif not isinstance(data, Tensor):
+            raise ArgumentKindError(
+                f"data must be a torch.Tensor or None, got {type(data).__name__}"
+            )
+        if requires_grad is True and not (data.is_floating_point() or data.is_complex()):
+            raise ArgumentKindError(
+                f"data must be a floating point (or complex) tensor to require grad, got "
+                f"dtype {data.dtype}"
+            )
         # _make_subclass keeps the subclass through Module._apply (to, cuda, double, ...).
         instance = torch.Tensor._make_subclass(cls, data, requires_grad)
         return instance

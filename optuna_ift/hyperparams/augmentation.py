@@ -11,8 +11,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from optuna_ift._validation import check_int
+from optuna_ift._validation import ArgumentKindError, check_int
 from optuna_ift.hyperparams._base import HyperParameter
+from optuna_ift.hyperparams._checks import check_generator
 
 __all__ = ["AugmentationNet", "as_hyperparameters"]
 
@@ -87,6 +88,7 @@ class AugmentationNet(nn.Module):
         _check_int("depth", depth, 0)
         if not isinstance(noise, bool):
             raise TypeError(f"noise must be a bool, got {type(noise).__name__}")
+        check_generator("generator", generator)
         self.channels = channels
         self.noise = noise
         self.generator = generator
@@ -120,10 +122,15 @@ class AugmentationNet(nn.Module):
         Returns:
             Augmented images, the same shape, dtype and device as ``x``.
         """
-        if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != self.channels:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        if not isinstance(x, Tensor):
+            raise ArgumentKindError(
+                f"x must be a torch.Tensor of shape (batch, {self.channels}, height, width), "
+                f"got {type(x).__name__}"
+            )
+        if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(
-                f"x must be a tensor of shape (batch, {self.channels}, height, width), got {got}"
+                f"x must be a tensor of shape (batch, {self.channels}, height, width), got "
+                f"{tuple(x.shape)}"
             )
         if self.noise:
             if noise is None:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from optuna_ift._validation import check_int
 from optuna_ift.hyperparams._base import HyperParameter
+from optuna_ift.hyperparams._checks import check_generator, check_shape
 
 __all__ = ["DistilledData"]
 
@@ -59,13 +60,10 @@ class DistilledData(nn.Module):
         super().__init__()
         _positive_int("num_per_class", num_per_class)
         _positive_int("num_classes", num_classes, 2)
-        shape = (shape,) if isinstance(shape, int) and not isinstance(shape, bool) else shape
-        if not isinstance(shape, Sequence) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape
-        ):
-            raise ValueError(f"shape must be a sequence of ints >= 1, got {shape!r}")
+        shape = check_shape("shape", shape)
         if not isinstance(learn_labels, bool):
             raise TypeError(f"learn_labels must be a bool, got {type(learn_labels).__name__}")
+        check_generator("generator", generator)
         n = num_per_class * num_classes
         full_shape = (n, *shape)
 

@@ -19,11 +19,24 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from optuna_ift._validation import check_choice, check_positive, check_real
 from optuna_ift.hyperparams._base import HyperParameter
+from optuna_ift.hyperparams._checks import check_generator, check_int_sequence, check_shape
 
 __all__ = ["ConcreteDropout"]
 
 _MODES = ("unit", "channel")
+
+
+def _check_rate(name: str, value: object) -> float:
+    """``value`` as a ``float``, if it is a number in the open interval (0, 1)."""
+    try:
+        return check_real(name, value, low=0.0, high=1.0, low_open=True, high_open=True)
+    except ValueError as error:  # ArgumentKindError included: keep its kind
+        raise type(error)(
+            f"{name} must be a rate in the open interval (0, 1), got {type(value).__name__} "
+            f"{value!r:.60}"
+        ) from None
 
 
 class ConcreteDropout(nn.Module):
@@ -67,25 +80,17 @@ class ConcreteDropout(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        shape = (shape,) if isinstance(shape, int) and not isinstance(shape, bool) else shape
-        if not isinstance(shape, Sequence) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape
-        ):
-            raise ValueError(f"shape must be a sequence of ints >= 1, got {shape!r}")
-        if isinstance(init, bool) or not isinstance(init, (int, float)) or not 0 < init < 1:
-            raise ValueError(f"init must be a rate in the open interval (0, 1), got {init!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-            math.isfinite(temperature) and temperature > 0
-        ):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        shape = check_shape("shape", shape)
+        init = _check_rate("init", init)
+        temperature = check_positive("temperature", temperature)
+        check_choice("mode", mode, _MODES)
+        check_generator("generator", generator)
         if mode == "channel" and len(shape) > 1:
             raise ValueError(
                 f"shape must be () or (channels,) in mode='channel', got {tuple(shape)}"
             )
-        self.logit = HyperParameter(torch.full(tuple(shape), math.log(init / (1 - init))))
-        self.temperature = float(temperature)
+        self.logit = HyperParameter(torch.full(shape, math.log(init / (1 - init))))
+        self.temperature = temperature
         self.mode = mode
         self.generator = generator
 
@@ -144,10 +149,7 @@ class ConcreteDropout(nn.Module):
         return x * self._keep_scale(logit, (*x.shape[:2], *trailing), x)
 
     def _check_shared_dims(self, shared_dims: Sequence[int], x: Tensor) -> set[int]:
-        if not isinstance(shared_dims, Sequence) or not all(
-            isinstance(d, int) and not isinstance(d, bool) for d in shared_dims
-        ):
-            raise ValueError(f"shared_dims must be a sequence of ints, got {shared_dims!r}")
+        shared_dims = check_int_sequence("shared_dims", shared_dims)
         if shared_dims and self.mode != "unit":
             raise ValueError("shared_dims applies only in mode='unit'")
         free = x.ndim - self.logit.ndim  # dimensions the rate does not cover

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from optuna_ift._validation import check_int
+from optuna_ift._validation import check_int, check_positive
 from optuna_ift.hyperparams._base import HyperParameter
 
 __all__ = ["LossWeights"]
@@ -34,10 +34,7 @@ class LossWeights(nn.Module):
     def __init__(self, num_examples: int, *, init: float = 1.0) -> None:
         super().__init__()
         num_examples = check_int("num_examples", num_examples, 1)
-        if isinstance(init, bool) or not isinstance(init, (int, float)) or not (
-            math.isfinite(init) and init > 0
-        ):
-            raise ValueError(f"init must be a finite number > 0, got {init!r}")
+        init = check_positive("init", init)
         self.log_weights = HyperParameter(torch.full((num_examples,), math.log(init)))
 
     @property

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from optuna_ift._validation import check_choice, check_positive
 from optuna_ift.hyperparams._base import HyperParameter
 
 __all__ = ["WeightDecay"]
@@ -53,12 +54,8 @@ class WeightDecay(nn.Module):
         super().__init__()
         if not isinstance(module, nn.Module):
             raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-        if isinstance(init, bool) or not isinstance(init, (int, float)) or not (
-            math.isfinite(init) and init > 0
-        ):
-            raise ValueError(f"init must be a finite number > 0, got {init!r}")
+        check_choice("mode", mode, _MODES)
+        init = check_positive("init", init)
         if not isinstance(include_biases, bool):
             raise TypeError(f"include_biases must be a bool, got {type(include_biases).__name__}")
 

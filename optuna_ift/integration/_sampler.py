@@ -47,12 +47,16 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import BaseTrial, FrozenTrial, TrialState
 
+from optuna_ift._validation import ArgumentKindError
+
 __all__ = ["DEFAULT_REFINED_ATTR_PREFIX", "HybridSampler", "record_refined", "refined_key"]
 
 _logger = logging.getLogger(__name__)
 
 #: The user-attribute prefix under which trials record refined parameter values.
 DEFAULT_REFINED_ATTR_PREFIX = "ift:refined:"
+
+_MAX_SEED = 2**32 - 1  # the seeds a NumPy ``RandomState`` (TPESampler's) accepts
 
 
 def refined_key(name: str, *, prefix: str = DEFAULT_REFINED_ATTR_PREFIX) -> str:
@@ -103,14 +107,14 @@ def record_refined(
             :class:`HybridSampler` that should learn from it.
 
     Raises:
-        TypeError: If ``trial`` is not an Optuna trial.
-        ValueError: If the trial has no parameter ``name``, the parameter is categorical, or
-            ``value`` is not a finite real number.
+        TypeError: If ``trial`` is not an Optuna trial, ``prefix`` is not a string, or
+            ``value`` is not a number at all (a string, a bool, ``None``).
+        ValueError: If the trial has no parameter ``name``, the parameter is categorical,
+            ``prefix`` is empty, or ``value`` is not finite (or a tensor of several elements).
     """
     if not isinstance(trial, BaseTrial):
         raise TypeError(f"trial must be an optuna trial, got {type(trial).__name__}")
-    if not isinstance(prefix, str) or not prefix:
-        raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
+    _check_prefix("prefix", prefix)
     distributions = trial.distributions
     if name not in distributions:
         raise ValueError(
@@ -123,8 +127,22 @@ def record_refined(
         )
     refined = _as_finite_float(value)
     if refined is None:
-        raise ValueError(f"value must be a finite real number, got {value!r}")
+        message = f"value must be a finite real number, got {type(value).__name__} {value!r:.60}"
+        if isinstance(value, bool) or not hasattr(type(value), "__float__"):
+            raise ArgumentKindError(message)  # a string, a bool, None: not a number at all
+        raise ValueError(message)
     trial.set_user_attr(refined_key(name, prefix=prefix), refined)
+
+
+def _check_prefix(name: str, prefix: Any) -> str:
+    """``prefix``, if it is a non-empty string (``ArgumentKindError`` for another kind)."""
+    if not isinstance(prefix, str):
+        raise ArgumentKindError(
+            f"{name} must be a non-empty string, got {type(prefix).__name__} {prefix!r:.60}"
+        )
+    if not prefix:
+        raise ValueError(f"{name} must be a non-empty string, got {prefix!r}")
+    return prefix
 
 
 def _fit_to_distribution(value: float, distribution: BaseDistribution) -> float | int | None:
@@ -223,8 +241,10 @@ class HybridSampler(BaseSampler):
             values (the ``prefix`` of :func:`record_refined`).
 
     Raises:
-        TypeError: If ``base_sampler`` is not an Optuna sampler.
-        ValueError: If ``seed`` is given along with a ``base_sampler``, or the prefix is empty.
+        TypeError: If ``base_sampler`` is not an Optuna sampler, ``seed`` is neither ``None``
+            nor an integer, or the prefix is not a string.
+        ValueError: If ``seed`` is given along with a ``base_sampler`` or is outside
+            ``[0, 2**32 - 1]``, or the prefix is empty.
     """
 
     def __init__(
@@ -234,6 +254,16 @@ class HybridSampler(BaseSampler):
         seed: int | None = None,
         refined_attr_prefix: str = DEFAULT_REFINED_ATTR_PREFIX,
     ) -> None:
+        if seed is not None:
+            allowed = f"None or an integer in [0, {_MAX_SEED}] (a NumPy seed)"
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+                raise ArgumentKindError(
+                    f"seed must be {allowed}, got {type(seed).__name__} {seed!r:.60}"
+                )
+            if not 0 <= seed <= _MAX_SEED:
+                raise ValueError(f"seed must be {allowed}, got {seed!r}")
+            seed = int(seed)
+        _check_prefix("refined_attr_prefix", refined_attr_prefix)
         if base_sampler is None:
             base_sampler = optuna.samplers.TPESampler(seed=seed)
         elif not isinstance(base_sampler, BaseSampler):
@@ -245,10 +275,6 @@ class HybridSampler(BaseSampler):
             raise ValueError(
                 "seed seeds the default TPESampler and is only allowed with base_sampler=None; "
                 "seed the sampler you pass instead"
-            )
-        if not isinstance(refined_attr_prefix, str) or not refined_attr_prefix:
-            raise ValueError(
-                f"refined_attr_prefix must be a non-empty string, got {refined_attr_prefix!r}"
             )
         self._base_sampler = base_sampler
         self._prefix = refined_attr_prefix

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import re
 import tempfile
@@ -98,7 +99,43 @@ def learned_hyperparameters(model: nn.Module) -> dict[str, HyperParameter]:
     return {name: p for name, p in model.named_parameters() if isinstance(p, HyperParameter)}
 
 
+def _shown(value: Any) -> str:
+    return f"{type(value).__name__} {value!r:.60}"
+
+
+def _check_trial(trial: Any) -> None:
+    """Refuse anything but a running or a frozen trial."""
+    if not isinstance(trial, (optuna.Trial, FrozenTrial)):
+        raise ArgumentKindError(
+            f"trial must be an optuna.Trial or FrozenTrial, got {_shown(trial)}"
+        )
+
+
+def _check_study(study: Any) -> None:
+    """Refuse anything but an Optuna study."""
+    if not isinstance(study, optuna.Study):
+        raise ArgumentKindError(f"study must be an optuna.Study, got {_shown(study)}")
+
+
+#: The methods of Optuna's artifact-store protocol (``optuna.artifacts``).
+_ARTIFACT_STORE_METHODS = ("write", "open_reader", "remove")
+
+
+def _check_artifact_store(artifact_store: Any) -> None:
+    """Refuse an object without the methods of an Optuna artifact store, before any work is
+    done (a string there would otherwise fail only when the first artifact is written)."""
+    missing = [m for m in _ARTIFACT_STORE_METHODS
+               if not callable(getattr(artifact_store, m, None))]
+    if missing:
+        raise ArgumentKindError(
+            "artifact_store must be an Optuna artifact store with the methods write, "
+            "open_reader and remove (e.g. optuna.artifacts.FileSystemArtifactStore(folder)), "
+            f"got {_shown(artifact_store)} (lacks {', '.join(missing)})"
+        )
+
+
 def _storage_of(trial: optuna.Trial | FrozenTrial, storage: Any) -> Any:
+    _check_trial(trial)
     if storage is None and isinstance(trial, optuna.Trial):
         storage = trial.storage
     if storage is None:
@@ -133,6 +170,7 @@ def _download(artifact_store: Any, artifact_id: str, read: Any) -> Any:
 
 
 def _get_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    _check_study(study)
     number = check_int("trial_number", number, 0)
     for trial in study.get_trials(deepcopy=False):
         if trial.number == number:
@@ -178,6 +216,9 @@ class IFTPruningCallback(Callback):
     def __init__(self, trial: optuna.Trial, *, monitor: str = "val_loss") -> None:
         if not isinstance(trial, optuna.Trial):
             raise TypeError(f"trial must be an optuna.Trial, got {type(trial).__name__}")
+        if not isinstance(monitor, str):
+            raise ArgumentKindError(f"monitor must be a str, an evaluation key such as "
+                                    f"'val_loss', got {_shown(monitor)}")
         self.trial = trial
         self.monitor = monitor
 
@@ -253,10 +294,17 @@ def save_learned(
 
     Returns:
         The artifact id.
+
+    Raises:
+        TypeError: If ``trial`` is not a trial, ``trainer`` neither a trainer nor a model, or
+            ``artifact_store`` not an artifact store.
+        ValueError: If ``trial`` is a ``FrozenTrial`` without ``storage``, or the model
+            declares no hyperparameter.
     """
     storage = _storage_of(trial, storage)
     model = trainer.model if isinstance(trainer, HyperTrainer) else trainer
     tensors = learned_hyperparameters(model)
+    _check_artifact_store(artifact_store)
     if not tensors:
         raise ValueError("the model declares no HyperParameter: nothing to save")
     artifact_id = _upload(trial, storage, artifact_store, _tensor_filename(),
@@ -274,9 +322,12 @@ def load_learned(study: optuna.Study, trial_number: int,
     """The learned hyperparameter tensors of trial ``trial_number`` (on the CPU).
 
     Raises:
+        TypeError: If ``study`` is not a study, ``trial_number`` not an integer, or
+            ``artifact_store`` not an artifact store.
         ValueError: If the trial does not exist or stored no learned tensors.
     """
     trial = _get_trial(study, trial_number)
+    _check_artifact_store(artifact_store)
     artifact_id = trial.user_attrs.get(ATTR_LEARNED)
     if artifact_id is None:
         raise ValueError(f"trial {trial_number} has no learned tensors "
@@ -308,6 +359,7 @@ def save_checkpoint(
     if not isinstance(trainer, HyperTrainer):
         raise TypeError(f"trainer must be a HyperTrainer, got {type(trainer).__name__}")
     storage = _storage_of(trial, storage)
+    _check_artifact_store(artifact_store)
     previous = trial.user_attrs.get(ATTR_CHECKPOINT)
     previous_owner = trial.user_attrs.get(ATTR_CHECKPOINT_TRIAL)
     artifact_id = _upload(trial, storage, artifact_store, "trainer_checkpoint.pt",
@@ -340,6 +392,7 @@ def load_checkpoint(
     """Load the latest checkpoint of trial ``trial_number`` into ``trainer`` (built the same
     way as the one that wrote it) and return its hyper step; ``None`` if there is none."""
     artifact_id = _get_trial(study, trial_number).user_attrs.get(ATTR_CHECKPOINT)
+    _check_artifact_store(artifact_store)
     if artifact_id is None:
         return None
     return _load_checkpoint_into(trainer, artifact_store, artifact_id)
@@ -375,12 +428,25 @@ def warm_start(
 
     Returns:
         The number of the trial used, or ``None`` when no trial matched (nothing is changed).
+
+    Raises:
+        TypeError: If ``model`` is neither a model nor a trainer, ``study`` not a study,
+            ``artifact_store`` not an artifact store, or ``exclude`` neither ``None`` nor an
+            integer.
+        ValueError: If the study has several objectives.
     """
     if isinstance(model, HyperTrainer):
         model = model.model
+    targets = learned_hyperparameters(model)
+    _check_study(study)
+    _check_artifact_store(artifact_store)
+    if exclude is not None and (isinstance(exclude, bool)
+                                or not isinstance(exclude, numbers.Integral)):
+        raise ArgumentKindError(
+            f"exclude must be None or an integer (a trial number), got {_shown(exclude)}"
+        )
     if len(study.directions) > 1:
         raise ValueError("warm_start needs a single-objective study")
-    targets = learned_hyperparameters(model)
     if not targets:
         return None
     shapes = _shapes_of(model)
@@ -514,6 +580,7 @@ def run_trainer(
     if not sep or name not in trainer.eval_data or key not in ("loss", "metric"):
         raise ValueError(f"monitor must be '<name>_loss' or '<name>_metric' for a name in the "
                          f"trainer's eval_data {sorted(trainer.eval_data)}, got {monitor!r}")
+    _check_artifact_store(artifact_store)  # now, not when the trained tensors are saved
 
     study = trial.study
     resumed_step = None

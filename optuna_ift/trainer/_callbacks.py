@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from optuna_ift._validation import check_int, check_positive
+from optuna_ift._validation import ArgumentKindError, check_bool, check_int, check_positive
 
 if TYPE_CHECKING:
     from optuna_ift.trainer._trainer import HyperTrainer
@@ -77,6 +77,9 @@ def check_callbacks(callbacks: Iterable[Any], name: str = "callbacks") -> list[A
                         f"{type(callbacks).__name__}")
     checked = list(callbacks)
     for k, callback in enumerate(checked):
+        if isinstance(callback, type):
+            raise ArgumentKindError(f"{name}[{k}] is the class {callback.__name__}, not a "
+                                    f"callback: pass an instance, e.g. {callback.__name__}()")
         found = False
         for hook, args in HOOKS.items():
             method = getattr(callback, hook, None)
@@ -110,11 +113,16 @@ class _Monitor:
 
     def __init__(self, monitor: str | Sequence[str], mode: str | Sequence[str],
                  min_delta: float = 0.0) -> None:
+        allowed = "an evaluation key or a tuple of keys"
+        if not isinstance(monitor, (str, Iterable)) or isinstance(monitor, bytes):
+            raise ArgumentKindError(f"monitor must be {allowed}, got "
+                                    f"{type(monitor).__name__} {monitor!r:.60}")
         keys = (monitor,) if isinstance(monitor, str) else tuple(monitor)
+        if not all(isinstance(k, str) for k in keys):
+            raise ArgumentKindError(f"monitor must be {allowed} (str), got {monitor!r:.60}")
+        if not keys:
+            raise ValueError(f"monitor must be {allowed}, got {monitor!r}")
         modes = (mode,) * len(keys) if isinstance(mode, str) else tuple(mode)
-        if not keys or not all(isinstance(k, str) for k in keys):
-            raise ValueError(f"monitor must be an evaluation key or a tuple of keys, "
-                             f"got {monitor!r}")
         if len(modes) != len(keys) or any(m not in ("min", "max") for m in modes):
             raise ValueError(f"mode must be 'min' or 'max' (or one of them per monitored key), "
                              f"got {mode!r}")
@@ -158,7 +166,9 @@ class EarlyStopping(Callback):
     def __init__(self, monitor: str = "val_loss", *, mode: str = "min", patience: int = 5,
                  min_delta: float = 0.0) -> None:
         if not isinstance(monitor, str):
-            raise ValueError(f"monitor must be an evaluation key, got {monitor!r}")
+            raise ArgumentKindError(f"monitor must be an evaluation key (a str such as "
+                                    f"'val_loss'), got {type(monitor).__name__} "
+                                    f"{monitor!r:.60}")
         self.monitor = _Monitor(monitor, mode, min_delta)
         self.patience = check_int("patience", patience, 1)
         self.wait = 0
@@ -208,7 +218,7 @@ class KeepBest(Callback):
     def __init__(self, monitor: str | Sequence[str] = "val_loss", *,
                  mode: str | Sequence[str] = "min", restore: bool = True) -> None:
         self.monitor = _Monitor(monitor, mode)
-        self.restore = bool(restore)
+        self.restore = check_bool("restore", restore)
         self.best_record: dict[str, float] = {}
         self.best_state: dict[str, Tensor] | None = None
 

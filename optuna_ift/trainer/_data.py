@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
-from optuna_ift._validation import ArgumentKindError, check_int
+from optuna_ift._validation import ArgumentKindError, check_bool, check_int
 
 __all__ = ["BatchStream", "TensorBatches", "as_source", "batch_size_of", "check_finite",
            "move_batch"]
@@ -59,7 +59,12 @@ class TensorBatches:
         self.tensors = check_tensors("tensors", tensors)
         self.n = self.tensors[0].shape[0]
         self.batch_size = min(check_int("batch_size", batch_size, 1), self.n)
-        self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
+        self.shuffle = check_bool("shuffle", shuffle)
+        self.drop_last = check_bool("drop_last", drop_last)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ArgumentKindError(f"generator must be a torch.Generator or None (then one "
+                                    f"seeded with seed), got {type(generator).__name__} "
+                                    f"{generator!r:.60}")
         self.generator = generator if generator is not None else torch.Generator().manual_seed(
             check_int("seed", seed, 0))
         self.epoch = 0

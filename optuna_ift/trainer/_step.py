@@ -28,12 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from optuna_ift._validation import ArgumentKindError, check_int
+from optuna_ift._validation import ArgumentKindError, check_int, check_positive
 from optuna_ift.hypergrad import (
     HVP,
     Neumann,
     NeumannDivergenceWarning,
     Solver,
+    check_solver as check_inverse_solver,
     hypergradient,
     power_iteration,
 )
@@ -56,6 +57,11 @@ class Unrolled:
     steps: int = 3
     lr: float = 0.1
 
+    def __post_init__(self) -> None:
+        # Checked, not converted: the values are used as given.
+        check_int("steps", self.steps, 1)
+        check_positive("lr", self.lr)
+
 
 def rmsprop(params: list[nn.Parameter]) -> torch.optim.Optimizer:
     """The default hyper optimizer: RMSprop with learning rate 1e-2 (the paper's choice for
@@ -75,13 +81,19 @@ def build_optimizer(name: str, optimizer: Any, params: list[nn.Parameter]
                              f"factory such as lambda params: torch.optim.Adam(params, lr=1e-3)")
         return optimizer
     if not callable(optimizer):
-        raise TypeError(f"{name} must be a factory f(params) -> torch.optim.Optimizer or an "
-                        f"Optimizer, got {type(optimizer).__name__}")
+        raise ArgumentKindError(f"{name} must be a factory f(params) -> torch.optim.Optimizer "
+                                f"or an Optimizer, got {type(optimizer).__name__}")
     built = optimizer(list(params))
     if not isinstance(built, torch.optim.Optimizer):
-        raise TypeError(f"{name}(params) must return a torch.optim.Optimizer, got "
-                        f"{type(built).__name__}")
+        raise ArgumentKindError(f"{name}(params) must return a torch.optim.Optimizer, got "
+                                f"{type(built).__name__}")
     return built
+
+
+def check_solver(solver: Any) -> Any:
+    """``solver``, if it is an inverse-HVP solver (an instance, not its class) or
+    :class:`Unrolled`."""
+    return solver if isinstance(solver, Unrolled) else check_inverse_solver("solver", solver)
 
 
 def total_norm(tensors: Sequence[Tensor]) -> float:
@@ -132,8 +144,12 @@ class HyperStep:
         elif isinstance(model, (tuple, list)) and len(model) == 2:
             weights, hyperparameters = (list(model[0]), list(model[1]))
             for name, tensors in (("weights", weights), ("hyperparameters", hyperparameters)):
-                if not tensors or not all(isinstance(t, Tensor) and t.requires_grad
-                                          for t in tensors):
+                wrong = next((t for t in tensors if not isinstance(t, Tensor)), None)
+                if wrong is not None:
+                    raise ArgumentKindError(f"model: {name} must be a non-empty sequence of "
+                                            f"tensors that require grad, got one of type "
+                                            f"{type(wrong).__name__}")
+                if not tensors or not all(t.requires_grad for t in tensors):
                     raise ValueError(f"model: {name} must be a non-empty sequence of tensors "
                                      "that require grad")
         else:
@@ -142,12 +158,7 @@ class HyperStep:
         if not weights:
             raise ValueError("model has no trainable weights (parameters that are not "
                              "HyperParameter)")
-        if isinstance(solver, type):
-            raise ArgumentKindError(f"solver is the class {solver.__name__}, not a solver: call "
-                                    f"it, e.g. solver={solver.__name__}()")
-        if not (callable(solver) or isinstance(solver, Unrolled)):
-            raise ArgumentKindError(f"solver must be a solver(hvp, v) from optuna_ift.hypergrad "
-                                    f"or Unrolled, got {solver!r}")
+        check_solver(solver)
         self.weights: list[Tensor] = weights
         self.hyperparameters: list[Tensor] = hyperparameters
         self.solver = solver
@@ -164,7 +175,10 @@ class HyperStep:
         return isinstance(self.solver, Neumann) and self.solver.alpha == "auto"
 
     def _estimate(self, hvp: HVP, v: tuple[Tensor, ...]) -> float | None:
-        lam = float(power_iteration(hvp, v, steps=self.solver.power_steps))
+        try:
+            lam = float(power_iteration(hvp, v, steps=self.solver.power_steps))
+        except ValueError:  # v is zero: nothing to estimate from; the solver falls back
+            return None
         return 1.0 / lam if math.isfinite(lam) and lam > 0 else None
 
     def solve(self, hvp: HVP, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:

@@ -30,7 +30,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from optuna_ift._validation import ArgumentKindError, check_callable, check_int, check_positive
+from optuna_ift._validation import (
+    ArgumentKindError,
+    check_bool,
+    check_callable,
+    check_int,
+    check_positive,
+)
 from optuna_ift.hypergrad import Neumann, Solver, unrolled_hypergradient
 from optuna_ift.hyperparams import split_parameters
 from optuna_ift.trainer._callbacks import check_callbacks
@@ -48,6 +54,7 @@ from optuna_ift.trainer._step import (
     OptimizerFactory,
     Unrolled,
     build_optimizer,
+    check_solver,
     rmsprop,
 )
 
@@ -107,6 +114,26 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _check_path(name: str, path: Any) -> Path:
+    """``path`` as a ``Path``, if it is a ``str`` or an ``os.PathLike``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentKindError(f"{name} must be a str or os.PathLike (a file path), got "
+                                f"{type(path).__name__} {path!r:.60}")
+    return Path(path)
+
+
+def _check_loss(name: str, loss: Any) -> Tensor:
+    """``loss``, if it is a one-element tensor: what ``name(model, batch)`` must return. Any
+    other kind is an ``ArgumentKindError``, a tensor of another shape a ``ValueError``."""
+    if not isinstance(loss, Tensor):
+        raise ArgumentKindError(f"{name}(model, batch) must return a scalar torch.Tensor "
+                                f"computed from the weights, got {type(loss).__name__}")
+    if loss.numel() != 1:
+        raise ValueError(f"{name}(model, batch) must return a scalar tensor, got a tensor of "
+                         f"shape {tuple(loss.shape)}")
+    return loss
+
+
 def _eval_batches(data: Any, batch_size: int, name: str) -> Iterable[Any]:
     """One ordered pass over ``data``: tensors (or a ``TensorBatches``' tensors) in slices of
     ``batch_size`` rows, anything else as it iterates."""
@@ -147,6 +174,13 @@ def evaluate(model: nn.Module, data: Any, loss: LossFn, *, metric: LossFn | None
     Returns:
         ``{"loss": ...}``, with ``"metric"`` when ``metric`` is given.
     """
+    if not isinstance(model, nn.Module):
+        raise ArgumentKindError(f"model must be a torch.nn.Module, got "
+                                f"{type(model).__name__}")
+    check_callable("loss", loss, "loss(model, batch)")
+    if metric is not None:
+        check_callable("metric", metric, "metric(model, batch), e.g. "
+                       "optuna_ift.trainer.accuracy")
     batch_size = check_int("batch_size", batch_size, 1)
     device = _model_device(model) if device is None else resolve_device(device)
     totals, count = {"loss": 0.0, "metric": 0.0}, 0
@@ -285,6 +319,10 @@ class HyperTrainer:
         if metric is not None:
             check_callable("metric", metric, "metric(model, batch), e.g. "
                            "optuna_ift.trainer.accuracy")
+        if autocast is not None and not isinstance(autocast, torch.dtype):
+            raise ArgumentKindError(f"autocast must be None, torch.bfloat16 or torch.float16 "
+                                    f"(a torch.dtype), got {type(autocast).__name__} "
+                                    f"{autocast!r:.60}")
         if autocast not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, "
                              f"got {autocast!r}")
@@ -316,13 +354,18 @@ class HyperTrainer:
         if eval_data is not None and not isinstance(eval_data, Mapping):
             raise TypeError(f"eval_data must be a dict of named data sets, got "
                             f"{type(eval_data).__name__}")
+        for name in eval_data or {}:
+            if not isinstance(name, str):
+                raise ArgumentKindError(f"eval_data names must be str (they prefix the "
+                                        f"evaluation keys, e.g. {{'val': ...}} gives "
+                                        f"'val_loss'), got {type(name).__name__} {name!r:.60}")
         self.eval_every = eval_every
         self.metric = metric
         self.autocast = autocast
         self.clip_grad_norm = (None if clip_grad_norm is None
                                else check_positive("clip_grad_norm", clip_grad_norm))
         self.callbacks = check_callbacks(callbacks)
-        self.progress = progress
+        self.progress = check_bool("progress", progress)
         seed = check_int("seed", seed, 0)
 
         #: The training source (a :class:`TensorBatches` for tensor data), or ``None``.
@@ -346,6 +389,11 @@ class HyperTrainer:
         #: The :class:`HyperStep` (``None`` in weights-only mode).
         self.hyper: HyperStep | None = None
         if self.tunes:
+            # Built here, so that its errors name this trainer's argument (hyper_optimizer);
+            # the solver is checked first, as HyperStep does.
+            check_solver(solver)
+            hyper_optimizer = build_optimizer("hyper_optimizer", hyper_optimizer,
+                                              self.hyperparameters)
             self.hyper = HyperStep((self.weights, self.hyperparameters), solver=solver,
                                    optimizer=hyper_optimizer, alpha_every=alpha_every)
         else:
@@ -392,11 +440,7 @@ class HyperTrainer:
             with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                                 enabled=self.autocast is not None):
                 loss = self.train_loss_fn(self.model, batch)
-            if not isinstance(loss, Tensor) or loss.numel() != 1:
-                raise ArgumentKindError(
-                    f"train_loss(model, batch) must return a scalar tensor computed from the "
-                    f"weights, got {type(loss).__name__}"
-                    f"{'' if not isinstance(loss, Tensor) else f' of shape {tuple(loss.shape)}'}")
+            _check_loss("train_loss", loss)
             self.weight_optimizer.zero_grad(set_to_none=True)
             if self._scaler is not None:
                 self._scaler.scale(loss).backward(inputs=self.weights)
@@ -448,7 +492,7 @@ class HyperTrainer:
     def _val_loss(self) -> Tensor:
         self.model.eval()
         try:
-            losses = [self.val_loss_fn(self.model, self._val.next()[0])
+            losses = [_check_loss("val_loss", self.val_loss_fn(self.model, self._val.next()[0]))
                       for _ in range(self.val_batches)]
         finally:
             self.model.train()
@@ -493,7 +537,8 @@ class HyperTrainer:
         def val_fn(weights, hparams):
             self.model.eval()
             try:
-                loss = torch.stack([call(self.val_loss_fn, weights, hparams, b)
+                loss = torch.stack([_check_loss("val_loss",
+                                                call(self.val_loss_fn, weights, hparams, b))
                                     for b in val_batches]).mean()
             finally:
                 self.model.train()
@@ -707,7 +752,7 @@ class HyperTrainer:
         The file is written beside ``path`` and then renamed over it, so a run killed during
         a save leaves the previous checkpoint whole.
         """
-        path = Path(path)
+        path = _check_path("path", path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
@@ -729,7 +774,7 @@ class HyperTrainer:
             ValueError: The file is not a readable checkpoint, or it does not fit this
                 trainer (see :meth:`load_state_dict`); the trainer is then unchanged.
         """
-        self.load_state_dict(read_checkpoint(path))
+        self.load_state_dict(read_checkpoint(_check_path("path", path)))
         return self
 
 
@@ -742,7 +787,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     (random-generator states must stay there; loading puts the model's and the optimizers'
     tensors where their parameters are). A file that cannot be read is a ``ValueError``
     naming it; nothing in it is ever run."""
-    path = Path(path)
+    path = _check_path("path", path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
