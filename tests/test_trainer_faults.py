@@ -251,3 +251,68 @@ def test_resume_says_which_settings_the_checkpoint_replaces(tmp_path, caplog):
         trainer.resume(path)
     assert "weight_optimizer group 0 lr: 0.5 -> 0.05" in caplog.text
     assert trainer.weight_optimizer.param_groups[0]["lr"] == 0.05
+
+
+def test_a_diverging_series_under_auto_alpha_gives_advice_that_fits_it():
+    # Training loss 0.5 w' diag(1, -0.5) w + lambda * w_0: the Hessian has a negative
+    # eigenvalue, so a Neumann series with alpha = 1 / lambda_max diverges along it.
+    from optuna_ift import HyperStep, Neumann, NeumannDivergenceWarning
+
+    w = torch.tensor([0.3, 0.4], requires_grad=True)
+    lam = torch.tensor(0.1, requires_grad=True)
+    step = HyperStep(([w], [lam]), solver=Neumann(steps=8, alpha="auto"),
+                     optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    train = 0.5 * (w[0] ** 2 - 0.5 * w[1] ** 2) + lam * w[0]
+    val = (w ** 2).sum()
+    with pytest.warns(NeumannDivergenceWarning) as caught:
+        step(train, val)
+    messages = [str(w.message) for w in caught]
+    assert any("diverged with alpha='auto'" in m for m in messages)
+    assert not any("use alpha='auto'" in m for m in messages)
+    assert step.steps == 1 and step.skipped == 0
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="needs SIGKILL")
+def test_a_real_kill_during_save_leaves_a_loadable_checkpoint(tmp_path):
+    # A child saves a large checkpoint over and over; it is SIGKILLed at a random moment,
+    # mostly in the middle of a save. The checkpoint left behind must always load.
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    path = tmp_path / "checkpoint.pt"
+    code = textwrap.dedent(f"""
+        import torch
+        from torch import nn
+        from optuna_ift.trainer import HyperTrainer
+        model = nn.Linear(2000, 1000)
+        x, y = torch.randn(64, 2000), torch.randn(64, 1000)
+        trainer = HyperTrainer(model, train_loss=lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(),
+                               train_data=(x, y), batch_size=64, inner_steps=1,
+                               device="cpu", progress=False)
+        while True:
+            trainer.fit(trainer.hyper_step + 1)
+            trainer.save({str(path)!r})
+    """)
+    rng = random.Random(0)
+    for attempt in range(3):
+        child = subprocess.Popen([sys.executable, "-c", code])
+        try:
+            deadline = time.monotonic() + 60
+            while not path.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert path.exists(), "the child never saved"
+            time.sleep(rng.uniform(0.05, 0.4))
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=30)
+        state = read_checkpoint(path)  # whole: never a half-written file
+        assert state["weight_step"] >= 1
+        leftovers = [p.name for p in tmp_path.iterdir() if p.name != "checkpoint.pt"]
+        assert all(name.endswith(".partial") for name in leftovers)
+    make().save(path)  # the next save clears what killed saves left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

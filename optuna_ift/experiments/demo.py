@@ -53,7 +53,13 @@ from optuna_ift.integration import (
     mask_password,
     run_trainer,
 )
-from optuna_ift.trainer import Callback, HyperTrainer, accuracy, resolve_device
+from optuna_ift.trainer import (
+    Callback,
+    HyperTrainer,
+    accuracy,
+    process_is_alive,
+    resolve_device,
+)
 
 __all__ = ["ATTR_HOST", "ATTR_PID", "demo", "make_objective", "retry_trials_of_dead_processes",
            "run_worker"]
@@ -154,16 +160,6 @@ ATTR_PID = "ift:pid"
 ATTR_HOST = "ift:host"
 
 
-def _process_is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True
-
-
 def retry_trials_of_dead_processes(study: optuna.Study, storage: Any) -> list[int]:
     """Fail and retry the trials of ``study`` left ``RUNNING`` by a process of this machine
     that no longer exists (a demo killed with SIGKILL); returns their numbers.
@@ -180,7 +176,7 @@ def retry_trials_of_dead_processes(study: optuna.Study, storage: Any) -> list[in
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, where = trial.user_attrs.get(ATTR_PID), trial.user_attrs.get(ATTR_HOST)
         if where != host or not isinstance(pid, int) or pid == os.getpid() or (
-                _process_is_alive(pid)):
+                process_is_alive(pid)):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         if storage.set_trial_state_values(trial_id, TrialState.FAIL):

@@ -36,6 +36,7 @@ from optuna_ift.trainer._trainer import (
     accuracy,
     adam,
     evaluate,
+    process_is_alive,
     read_checkpoint,
     resolve_device,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "check_callbacks",
     "evaluate",
     "move_batch",
+    "process_is_alive",
     "read_checkpoint",
     "resolve_device",
     "rmsprop",

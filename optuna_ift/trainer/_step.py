@@ -197,19 +197,38 @@ class HyperStep:
             self.alpha = self._estimate(hvp, v) or self.alpha
             if self.alpha is None:
                 return solver(hvp, v)  # it warns and falls back to the identity
-            return dataclasses.replace(solver, alpha=self.alpha)(hvp, v)
+            result, diverged = self._series(hvp, v)
+        else:
+            result, diverged = self._series(hvp, v)
+            if diverged:
+                fresh = self._estimate(hvp, v)
+                if fresh is not None and fresh < 0.9 * self.alpha:
+                    self.alpha = fresh
+                    self.alpha_refreshes += 1
+                    result, diverged = self._series(hvp, v)
+        if diverged:
+            warnings.warn(
+                f"Neumann series diverged with alpha='auto' (alpha={self.alpha:.3g}, one over "
+                "the latest estimate of the top eigenvalue): the training Hessian is not "
+                "positive definite at these weights, so the series was cut off where its terms "
+                "grew. More weight decay, more weight steps before each hyper step "
+                "(inner_steps), or ConjugateGradient / Identity avoid it.",
+                NeumannDivergenceWarning, stacklevel=3)
+        return result
+
+    def _series(self, hvp: HVP, v: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], bool]:
+        """The Neumann series with the cached ``alpha``, and whether it diverged (its own
+        divergence warning, whose advice fits a fixed ``alpha``, is held back)."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = dataclasses.replace(solver, alpha=self.alpha)(hvp, v)
-        if any(issubclass(w.category, NeumannDivergenceWarning) for w in caught):
-            fresh = self._estimate(hvp, v)
-            if fresh is not None and fresh < 0.9 * self.alpha:
-                self.alpha = fresh
-                self.alpha_refreshes += 1
-                return dataclasses.replace(solver, alpha=fresh)(hvp, v)
+            result = dataclasses.replace(self.solver, alpha=self.alpha)(hvp, v)
+        diverged = False
         for w in caught:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return result
+            if issubclass(w.category, NeumannDivergenceWarning):
+                diverged = True
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return result, diverged
 
     def hypergradient(self, train_loss: Tensor, val_loss: Tensor) -> tuple[Tensor, ...]:
         """The implicit hypergradient at the current weights, without applying it."""

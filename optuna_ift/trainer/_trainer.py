@@ -59,7 +59,7 @@ from optuna_ift.trainer._step import (
 )
 
 __all__ = ["History", "HyperTrainer", "NonFiniteLossError", "accuracy", "adam", "evaluate",
-           "read_checkpoint", "resolve_device"]
+           "process_is_alive", "read_checkpoint", "resolve_device"]
 
 _logger = logging.getLogger(__name__)
 
@@ -755,6 +755,10 @@ class HyperTrainer:
         path = _check_path("path", path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()
+        for stale in path.parent.glob(f".{path.name}.*.partial"):  # left by a killed save
+            pid = stale.name[len(path.name) + 2:-len(".partial")]
+            if pid.isdigit() and not process_is_alive(int(pid)):
+                stale.unlink(missing_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         try:
             with open(partial, "wb") as file:
@@ -798,6 +802,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                   if "Weights only load failed" in text else text.splitlines()[0][:200])
         raise ValueError(f"checkpoint {path} could not be read: truncated, corrupt or not "
                          f"written by HyperTrainer.save ({reason})") from None
+
+
+def process_is_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (``True`` when it cannot be told)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # it exists under another user, or we cannot tell
+        return True
+    return True
 
 
 def _world_size() -> int:
