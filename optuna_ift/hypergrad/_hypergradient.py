@@ -19,7 +19,7 @@ hypergradient costs about ``steps + 3`` backward passes and its memory does not 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -104,6 +104,7 @@ def hypergradient(
     hparams: Sequence[Tensor],
     *,
     solver: Solver = Neumann(),
+    reduce: Callable[[tuple[Tensor, ...]], Sequence[Tensor]] | None = None,
 ) -> tuple[Tensor, ...]:
     """The implicit hypergradient ``dL_V/dlambda`` at the current weights.
 
@@ -119,6 +120,10 @@ def hypergradient(
         hparams: The hyperparameters ``lambda`` (tensors requiring grad).
         solver: An inverse-HVP solver called as ``solver(hvp, v)``; default
             ``Neumann(steps=10, alpha="auto")``. Solvers are frozen, so the default is safe.
+        reduce: For data-parallel training: ``reduce(tensors) -> tensors``, the mean of each
+            tensor over the processes (an all-reduce). The validation gradient and direct
+            term, every Hessian-vector product and the mixed product are reduced, so each
+            process gets the hypergradient of the losses averaged over processes.
 
     Returns:
         A tuple of detached tensors shaped like ``hparams``. A hyperparameter that reaches
@@ -138,12 +143,17 @@ def hypergradient(
     solver = check_solver("solver", solver)
 
     both = grad_keeping_graph(val_loss, params + hparams)
+    if reduce is not None:
+        both = tuple(reduce(tuple(both)))
     v1, direct = both[: len(params)], both[len(params):]
 
-    gradient, hvp = train_gradient_hvp(train_loss, params)
+    gradient, local_hvp = train_gradient_hvp(train_loss, params)
+    hvp = local_hvp if reduce is None else (lambda v: tuple(reduce(local_hvp(v))))
     v2 = tuple(solver(hvp, v1))
     if len(v2) != len(params):
         raise ValueError(f"solver returned {len(v2)} tensors for {len(params)} weights")
 
     mixed = _vjp(gradient, v2, hparams)
+    if reduce is not None:
+        mixed = tuple(reduce(tuple(mixed)))
     return tuple((d - m).detach() for d, m in zip(direct, mixed))

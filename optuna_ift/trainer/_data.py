@@ -17,7 +17,7 @@ do); any other source restarts its pass on resume, with a warning.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -253,8 +253,10 @@ class BatchStream:
         device: Where batches go.
     """
 
-    def __init__(self, name: str, source: Any, device: torch.device) -> None:
+    def __init__(self, name: str, source: Any, device: torch.device, *,
+                 shard: Callable[[Any, str], Any] | None = None) -> None:
         self.name, self.source, self.device = name, source, device
+        self.shard = shard  # data-parallel: this process's share of each global batch
         try:
             self.length: int | None = len(source)
         except TypeError:  # an IterableDataset's loader, a generator: length unknown
@@ -308,7 +310,10 @@ class BatchStream:
         if finished:
             self.epoch += 1
             self.batches = 0
-        return move_batch(batch, self.device, name=self.name), finished
+        batch = move_batch(batch, self.device, name=self.name)
+        if self.shard is not None:
+            batch = self.shard(batch, self.name)
+        return batch, finished
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"epoch": self.epoch, "batches": self.batches}

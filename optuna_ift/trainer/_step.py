@@ -34,9 +34,11 @@ from optuna_ift.hypergrad import (
     Neumann,
     NeumannDivergenceWarning,
     Solver,
-    check_solver as check_inverse_solver,
     hypergradient,
     power_iteration,
+)
+from optuna_ift.hypergrad import (
+    check_solver as check_inverse_solver,
 )
 from optuna_ift.hyperparams import split_parameters
 
@@ -116,6 +118,9 @@ class HyperStep:
             steps move every hyperparameter by about ten times its learning rate: for
             hyperparameters that are network weights (``AugmentationNet``) use Adam near 1e-3.
         alpha_every: How often ``Neumann(alpha="auto")`` re-estimates the top eigenvalue.
+        reduce: Data-parallel training: the mean of tensors over the processes (an
+            all-reduce); every product of the hypergradient and the recorded losses are
+            averaged with it (see :func:`optuna_ift.hypergradient`).
 
     Example:
         A hand-written loop that tunes the model's hyperparameters every ten weight steps::
@@ -134,6 +139,7 @@ class HyperStep:
         solver: Solver | Unrolled = Neumann(steps=5, alpha="auto"),
         optimizer: OptimizerFactory | torch.optim.Optimizer = rmsprop,
         alpha_every: int = 50,
+        reduce: Callable[[Sequence[Tensor]], Sequence[Tensor]] | None = None,
     ) -> None:
         if isinstance(model, nn.Module):
             weights, hyperparameters = split_parameters(model)
@@ -163,6 +169,7 @@ class HyperStep:
         self.hyperparameters: list[Tensor] = hyperparameters
         self.solver = solver
         self.optimizer = build_optimizer("optimizer", optimizer, hyperparameters)
+        self.reduce = reduce
         self.alpha_every = check_int("alpha_every", alpha_every, 1)
         self.steps = 0  #: hyper steps taken, skipped ones included
         self.skipped = 0  #: non-finite hypergradients skipped
@@ -237,7 +244,7 @@ class HyperStep:
                             "loss tensors: use HyperTrainer, or apply an "
                             "unrolled_hypergradient yourself with HyperStep.apply")
         return hypergradient(val_loss, train_loss, self.weights, self.hyperparameters,
-                             solver=self.solve)
+                             solver=self.solve, reduce=self.reduce)
 
     # -- the step ----------------------------------------------------------------------------
 
@@ -282,8 +289,10 @@ class HyperStep:
             The step's record (see :meth:`apply`).
         """
         grads = self.hypergradient(train_loss, val_loss)
-        return self.apply(grads, train_loss=float(train_loss.detach()),
-                          val_loss=float(val_loss.detach()))
+        losses = (train_loss.detach().reshape(()), val_loss.detach().reshape(()))
+        if self.reduce is not None:
+            losses = tuple(self.reduce(losses))
+        return self.apply(grads, train_loss=float(losses[0]), val_loss=float(losses[1]))
 
     # -- state -------------------------------------------------------------------------------
 

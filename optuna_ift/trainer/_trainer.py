@@ -49,6 +49,7 @@ from optuna_ift.trainer._data import (
     check_tensors,
     move_batch,
 )
+from optuna_ift.trainer._distributed import process_group
 from optuna_ift.trainer._step import (
     HyperStep,
     OptimizerFactory,
@@ -330,6 +331,11 @@ class HyperTrainer:
             weight_optimizer = adam
         self.device = resolve_device(device)
         self.model = model.to(self.device)
+        #: The data-parallel process group (``None`` in one process); see
+        #: :mod:`optuna_ift.trainer._distributed`.
+        self.group = process_group()
+        if self.group is not None:  # every process starts from rank 0's model
+            self.group.broadcast_([*self.model.parameters(), *self.model.buffers()])
         self.weights, self.hyperparameters = split_parameters(self.model)
         if not self.weights:
             raise ValueError("model has no trainable weights (parameters that are not "
@@ -380,9 +386,11 @@ class HyperTrainer:
         for name, data in (eval_data or {}).items():
             self.eval_data[name] = _eval_data(f"eval_data[{name!r}]", data, self.device)
         self._train = (None if self.train_data is None
-                       else BatchStream("train_data", self.train_data, self.device))
+                       else BatchStream("train_data", self.train_data, self.device,
+                                        shard=self._shard_of(self.train_data)))
         self._val = (None if self.val_data is None
-                     else BatchStream("val_data", self.val_data, self.device))
+                     else BatchStream("val_data", self.val_data, self.device,
+                                      shard=self._shard_of(self.val_data)))
 
         self.weight_optimizer = build_optimizer("weight_optimizer", weight_optimizer,
                                                 self.weights)
@@ -395,7 +403,8 @@ class HyperTrainer:
             hyper_optimizer = build_optimizer("hyper_optimizer", hyper_optimizer,
                                               self.hyperparameters)
             self.hyper = HyperStep((self.weights, self.hyperparameters), solver=solver,
-                                   optimizer=hyper_optimizer, alpha_every=alpha_every)
+                                   optimizer=hyper_optimizer, alpha_every=alpha_every,
+                                   reduce=None if self.group is None else self.group.mean)
         else:
             check_int("alpha_every", alpha_every, 1)
         self.solver = solver
@@ -446,6 +455,8 @@ class HyperTrainer:
                 self._scaler.scale(loss).backward(inputs=self.weights)
             else:
                 loss.backward(inputs=self.weights)
+            if self.group is not None:
+                loss = self._average_gradients(loss)
             if self.clip_grad_norm is not None:
                 if self._scaler is not None:
                     self._scaler.unscale_(self.weight_optimizer)
@@ -479,6 +490,26 @@ class HyperTrainer:
             hook = getattr(callback, "on_weight_step", None)
             if hook is not None:
                 hook(self, self._last_loss)
+
+    def _shard_of(self, source: Any) -> Any:
+        """Data-parallel: tensor data is drawn identically on every process, which takes its
+        share of each global batch; a loader's batches (a ``DistributedSampler``'s) are used
+        as they come."""
+        if self.group is None or not isinstance(source, TensorBatches):
+            return None
+        if source.batch_size % self.group.world:
+            raise ValueError(f"batch_size={source.batch_size} (the global batch of "
+                             f"{type(source).__name__}) must be a multiple of the "
+                             f"{self.group.world} processes")
+        return self.group.shard
+
+    def _average_gradients(self, loss: Tensor) -> Tensor:
+        """Data-parallel: the weight gradients and the loss averaged over the processes."""
+        live = [w for w in self.weights if w.grad is not None]
+        *grads, mean = self.group.mean([*(w.grad for w in live), loss.detach().reshape(())])
+        for w, g in zip(live, grads):
+            w.grad = g
+        return mean
 
     def _refuse_non_finite_loss(self, loss: Tensor) -> None:
         """A weight step whose training loss is NaN or infinite is not applied (after
@@ -640,7 +671,20 @@ class HyperTrainer:
                 and callable(getattr(c, "load_state_dict", None))]
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything :meth:`resume` needs to continue exactly: tensors and plain values."""
+        """Everything :meth:`resume` needs to continue exactly: tensors and plain values.
+
+        Data-parallel: every process calls it (a save too), and the hyperparameters must be
+        identical on every process; a drift is an error, never saved.
+        """
+        if self.group is not None and self.hyperparameters:
+            reference = [h.detach().clone() for h in self.hyperparameters]
+            self.group.broadcast_(reference)
+            same = all(torch.equal(a, h.detach()) for a, h in zip(reference,
+                                                                  self.hyperparameters))
+            if not self.group.all_agree(same):
+                raise RuntimeError("the hyperparameters differ across the processes of the "
+                                   "group; they must stay identical (a step applied on some "
+                                   "processes only?)")
         self._setup_callbacks()
         state = {
             "model": self.model.state_dict(),
@@ -753,8 +797,11 @@ class HyperTrainer:
         a save leaves the previous checkpoint whole.
         """
         path = _check_path("path", path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()
+        if self.group is not None and self.group.rank != 0:  # rank 0 writes for everyone
+            self.group.barrier()
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f".{path.name}.*.partial"):  # left by a killed save
             pid = stale.name[len(path.name) + 2:-len(".partial")]
             if pid.isdigit() and not process_is_alive(int(pid)):
@@ -768,6 +815,8 @@ class HyperTrainer:
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)
+            if self.group is not None:
+                self.group.barrier()
         return path
 
     def resume(self, path: str | Path) -> HyperTrainer:

@@ -1,0 +1,158 @@
+"""Data-parallel HyperTrainer on a gloo process group of two CPU processes (127.0.0.1): the
+weights and hyperparameters equal a one-process run on the global batch (float64, 1e-6
+relative), are identical on both ranks, and each rank computed on its share of the batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from optuna_ift import ConjugateGradient, Identity, Neumann
+from optuna_ift.hyperparams import HyperParameter
+from optuna_ift.trainer import HyperTrainer
+
+SOLVERS = {"neumann": Neumann(steps=5, alpha="auto"), "cg": ConjugateGradient(steps=8),
+           "identity": Identity()}
+WORLD = 2
+
+
+class DecayedLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(6, 3)
+        self.log_decay = HyperParameter(torch.full((3, 6), -1.0))
+        self.seen: list[int] = []  # batch sizes of the training loss
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+def train_loss(model, batch):
+    x, y = batch
+    model.seen.append(x.shape[0])
+    return F.cross_entropy(model(x), y) + (model.log_decay.exp() * model.linear.weight**2).sum()
+
+
+def val_loss(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def data(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(3, (n,), generator=g)
+    x = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    x[:, 0] += 2.0 * y
+    return x, y
+
+
+def run(solver: str, rank_seed: int = 0) -> tuple[dict, list[int]]:
+    torch.manual_seed(rank_seed)  # different initial weights per rank: rank 0's must win
+    model = DecayedLinear().double()
+    trainer = HyperTrainer(
+        model, train_loss=train_loss, val_loss=val_loss, train_data=data(96, 1),
+        val_data=data(48, 2), batch_size=32, val_batch_size=24,
+        weight_optimizer=lambda p: torch.optim.Adam(p, lr=0.05),
+        hyper_optimizer=lambda p: torch.optim.Adam(p, lr=0.05),
+        solver=SOLVERS[solver], inner_steps=3, alpha_every=2, device="cpu", progress=False)
+    trainer.fit(6)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    return state, model.seen
+
+
+def _worker(rank: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        results = {name: run(name, rank_seed=rank) for name in SOLVERS}
+        torch.save(results, os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ranks")
+    mp.start_processes(_worker, args=(_free_port(), str(folder)), nprocs=WORLD, join=True,
+                       start_method="spawn")
+    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("solver", list(SOLVERS))
+def test_two_processes_take_the_one_process_steps(two_ranks, solver):
+    alone, seen_alone = run(solver)
+    (rank0, seen0), (rank1, seen1) = two_ranks[0][solver], two_ranks[1][solver]
+    for key, value in alone.items():
+        assert torch.equal(rank0[key], rank1[key]), key  # identical on both ranks
+        scale = float(value.abs().max())
+        assert float((rank0[key] - value).abs().max()) <= 1e-6 * scale, key
+    assert not torch.equal(alone["log_decay"], torch.full((3, 6), -1.0, dtype=torch.float64))
+    assert set(seen_alone) == {32} and set(seen0) == set(seen1) == {32 // WORLD}
+
+
+def _bad_inputs_worker(rank: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    errors = {}
+    try:
+        def make(**kwargs):
+            torch.manual_seed(0)
+            options = dict(train_loss=train_loss, val_loss=val_loss, train_data=data(96, 1),
+                           val_data=data(48, 2), batch_size=32, val_batch_size=24,
+                           solver=Identity(), inner_steps=2, device="cpu", progress=False)
+            return HyperTrainer(DecayedLinear().double(), **{**options, **kwargs})
+
+        for name, call in {
+            "batch": lambda: make(batch_size=33),
+            "resume": lambda: make().resume(os.path.join(folder, "alone.pt")),
+        }.items():
+            try:
+                call()
+                errors[name] = None
+            except ValueError as error:
+                errors[name] = str(error)
+        trainer = make()
+        trainer.fit(1)
+        if rank == 1:  # a drift: one process's hyperparameters changed alone
+            with torch.no_grad():
+                trainer.hyperparameters[0].add_(1.0)
+        try:
+            trainer.save(os.path.join(folder, "drift.pt"))
+            errors["drift"] = None
+        except RuntimeError as error:
+            errors["drift"] = str(error)
+        torch.save(errors, os.path.join(folder, f"errors{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_bad_inputs_of_a_process_group_are_clear_errors(tmp_path):
+    torch.manual_seed(0)
+    alone = HyperTrainer(DecayedLinear().double(), train_loss=train_loss, val_loss=val_loss,
+                         train_data=data(96, 1), val_data=data(48, 2), batch_size=32,
+                         val_batch_size=24, solver=Identity(), inner_steps=2, device="cpu",
+                         progress=False)
+    alone.fit(1)
+    alone.save(tmp_path / "alone.pt")
+    mp.start_processes(_bad_inputs_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD,
+                       join=True, start_method="spawn")
+    for rank in range(WORLD):
+        errors = torch.load(tmp_path / f"errors{rank}.pt", weights_only=True)
+        assert "batch_size=33" in errors["batch"] and "multiple of the 2 processes" in (
+            errors["batch"])
+        assert "taken with 1 processes, this run has 2" in errors["resume"]
+        assert "hyperparameters differ across the processes" in errors["drift"]
+    assert not (tmp_path / "drift.pt").exists()
