@@ -156,3 +156,44 @@ def test_bad_inputs_of_a_process_group_are_clear_errors(tmp_path):
         assert "taken with 1 processes, this run has 2" in errors["resume"]
         assert "hyperparameters differ across the processes" in errors["drift"]
     assert not (tmp_path / "drift.pt").exists()
+
+
+def _loader_run(world: int, rank: int) -> dict:
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    def loader(tensors, per_rank: int, seed: int) -> DataLoader:
+        dataset = TensorDataset(*tensors)
+        if world == 1:
+            return DataLoader(dataset, batch_size=per_rank * WORLD, shuffle=False)
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+        return DataLoader(dataset, batch_size=per_rank, sampler=sampler)
+
+    torch.manual_seed(rank)
+    model = DecayedLinear().double()
+    trainer = HyperTrainer(
+        model, train_loss=train_loss, val_loss=val_loss, train_data=loader(data(96, 1), 16, 0),
+        val_data=loader(data(48, 2), 12, 1), solver=ConjugateGradient(steps=8),
+        weight_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+        hyper_optimizer=lambda p: torch.optim.SGD(p, lr=0.1), inner_steps=3, device="cpu",
+        progress=False)
+    trainer.fit(4)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _loader_worker(rank: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        torch.save(_loader_run(WORLD, rank), os.path.join(folder, f"loader{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_dataloader_with_a_distributed_sampler_takes_the_one_process_steps(tmp_path):
+    alone = _loader_run(1, 0)
+    mp.start_processes(_loader_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD,
+                       join=True, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"loader{r}.pt", weights_only=True) for r in range(WORLD)]
+    for key, value in alone.items():
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+        assert float((ranks[0][key] - value).abs().max()) <= 1e-6 * float(value.abs().max())

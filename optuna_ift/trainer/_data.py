@@ -270,6 +270,9 @@ class BatchStream:
         self._generator_state: Tensor | None = None
 
     def _restart(self) -> Iterator:
+        sampler = getattr(self.source, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):  # a DistributedSampler: a new order
+            sampler.set_epoch(self.epoch)
         if self._resumed:
             # A DataLoader draws the seed of its workers and samplers from its generator (or
             # the global one) when an iterator starts; a resumed pass did not start here, so
