@@ -37,6 +37,8 @@ from optuna_ift.trainer import (
     evaluate,
 )
 
+from .test_trainer import blobs  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")  # torchdata's own
@@ -88,16 +90,6 @@ def dict_val_loss(model, batch):
 def plain_loss(model, batch):
     x, y = batch
     return F.cross_entropy(model(x), y)
-
-
-def blobs(n: int, *, seed: int, features: int = 10, classes: int = 3):
-    """Gaussian classes where only the first two features carry signal."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(classes, (n,), generator=g)
-    x = torch.randn(n, features, generator=g)
-    x[:, 0] += 2.0 * torch.cos(2.1 * y)
-    x[:, 1] += 2.0 * torch.sin(2.1 * y)
-    return x, y
 
 
 TRAIN, VAL = blobs(200, seed=1), blobs(100, seed=2)

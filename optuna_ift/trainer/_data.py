@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, IterableDataset, TensorDataset
 from optuna_ift._validation import ArgumentKindError, check_bool, check_int
 
 __all__ = ["BatchStream", "TensorBatches", "as_source", "batch_size_of", "check_finite",
-           "move_batch"]
+           "map_tensors", "move_batch"]
 
 
 class TensorBatches:
@@ -192,6 +192,20 @@ def as_source(name: str, data: Any, *, batch_size: int, seed: int, shuffle: bool
     return data
 
 
+def map_tensors(fn: Callable[[Tensor], Any], batch: Any) -> Any:
+    """``batch`` with ``fn`` applied to every tensor in it: tuples (named ones too), lists and
+    dicts are rebuilt around the results, any other leaf is kept as it is."""
+    if isinstance(batch, Tensor):
+        return fn(batch)
+    if isinstance(batch, Mapping):
+        return {k: map_tensors(fn, v) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(map_tensors(fn, v) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(map_tensors(fn, v) for v in batch)
+    return batch
+
+
 def move_batch(batch: Any, device: torch.device, *, name: str = "batch") -> Any:
     """``batch`` with every tensor in it on ``device`` (``non_blocking`` from pinned memory).
 
@@ -200,21 +214,13 @@ def move_batch(batch: Any, device: torch.device, *, name: str = "batch") -> Any:
     """
     found = False
 
-    def move(x: Any) -> Any:
+    def move(x: Tensor) -> Tensor:
         nonlocal found
-        if isinstance(x, Tensor):
-            found = True
-            return x.to(device, non_blocking=device.type == "cuda" and x.is_pinned())
-        if isinstance(x, Mapping):
-            return {k: move(v) for k, v in x.items()}
-        if isinstance(x, tuple) and hasattr(x, "_fields"):
-            return type(x)(*(move(v) for v in x))
-        if isinstance(x, (list, tuple)):
-            return type(x)(move(v) for v in x)
-        return x
+        found = True
+        return x.to(device, non_blocking=device.type == "cuda" and x.is_pinned())
 
     try:
-        moved = move(batch)
+        moved = map_tensors(move, batch)
     except (RuntimeError, TypeError) as error:
         raise RuntimeError(f"{name}: a batch could not be moved to {device}: {error}") from error
     if not found:

@@ -10,11 +10,13 @@ to rounding, and all of them stay identical.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from optuna_ift.trainer._data import map_tensors
 
 __all__ = ["ProcessGroup", "process_group"]
 
@@ -60,24 +62,18 @@ class ProcessGroup:
     def shard(self, batch: Any, name: str) -> Any:
         """This process's contiguous share of every tensor of a global ``batch``."""
 
-        def cut(x: Any) -> Any:
-            if isinstance(x, Tensor) and x.ndim:
-                n = x.shape[0]
-                if n % self.world:
-                    raise ValueError(f"{name}: a batch of {n} examples cannot be shared by "
-                                     f"{self.world} processes; make the batch size a multiple "
-                                     f"of the world size")
-                share = n // self.world
-                return x[self.rank * share:(self.rank + 1) * share]
-            if isinstance(x, Mapping):
-                return {k: cut(v) for k, v in x.items()}
-            if isinstance(x, tuple) and hasattr(x, "_fields"):
-                return type(x)(*(cut(v) for v in x))
-            if isinstance(x, (list, tuple)):
-                return type(x)(cut(v) for v in x)
-            return x
+        def cut(x: Tensor) -> Tensor:
+            if not x.ndim:
+                return x
+            n = x.shape[0]
+            if n % self.world:
+                raise ValueError(f"{name}: a batch of {n} examples cannot be shared by "
+                                 f"{self.world} processes; make the batch size a multiple of "
+                                 f"the world size")
+            share = n // self.world
+            return x[self.rank * share:(self.rank + 1) * share]
 
-        return cut(batch)
+        return map_tensors(cut, batch)
 
 
 def process_group() -> ProcessGroup | None:
