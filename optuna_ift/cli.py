@@ -146,7 +146,7 @@ def _watch(folder: str | Path | None) -> Iterator[list[str]]:
 
 def _print_summary(results: dict[str, Any], out: str | Path, written: list[str]) -> None:
     """The run's scalar results as JSON (NaN as null), then the files it wrote."""
-    from optuna_ift.experiments._common import jsonable
+    from optuna_ift.experiments import jsonable
 
     summary = {k: v for k, v in results.items() if not isinstance(v, (list, tuple, dict))}
     if summary:

@@ -63,6 +63,7 @@ __all__ = [
     "ClassificationData",
     "Corpus",
     "Split",
+    "check_dataset",
     "load_dataset",
     "load_diabetes",
     "load_ptb",
@@ -92,7 +93,7 @@ def _check_fraction(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
 
 
-def _dataset_key(value: Any, arg: str = "name") -> str:
+def check_dataset(value: Any, arg: str = "name") -> str:
     """The canonical name of a data set of :func:`load_dataset` (case and ``_`` versus ``-``
     do not matter); ``arg`` is the argument the caller took it as."""
     shown = ", ".join(map(repr, DATASETS))
@@ -697,7 +698,7 @@ def load_dataset(
         RuntimeError: If CIFAR-10 files fail torchvision's md5 check (the files are named).
         ImportError: If a torchvision data set is asked for and torchvision is not installed.
     """
-    key = _dataset_key(name)
+    key = check_dataset(name)
     _check_fraction("val_fraction", val_fraction)
     if test_fraction is not None:
         if key != "digits":

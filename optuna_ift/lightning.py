@@ -68,8 +68,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 from optuna_ift._validation import ArgumentKindError, check_int
 from optuna_ift.hypergrad import Neumann, Solver, check_solver
 from optuna_ift.hyperparams import HyperParameter, split_parameters
-from optuna_ift.trainer import BatchStream, HyperStep, Unrolled, rmsprop
-from optuna_ift.trainer import as_source
+from optuna_ift.trainer import BatchStream, HyperStep, Unrolled, as_source, rmsprop
 
 __all__ = ["IFTCallback", "LossFunction"]
 

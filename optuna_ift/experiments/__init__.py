@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from optuna_ift.experiments._common import jsonable
 from optuna_ift.experiments._lm import REGULARIZERS, LSTMLanguageModel, lm_train_loss, lm_val_loss
 from optuna_ift.experiments.augment import augment
 from optuna_ift.experiments.compare_inverse import compare_inverse
@@ -19,6 +20,7 @@ __all__ = [
     "compare_inverse",
     "demo",
     "distill",
+    "jsonable",
     "lm_train_loss",
     "lm_val_loss",
     "lstm",

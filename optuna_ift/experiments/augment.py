@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from optuna_ift._validation import ArgumentKindError
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
-from optuna_ift.data import _dataset_key, load_dataset
+from optuna_ift.data import check_dataset, load_dataset
 from optuna_ift.experiments._common import count_warnings, progress, write_results
 from optuna_ift.experiments._models import classification_loss, make_classifier
 from optuna_ift.hypergrad import Identity, Neumann, NeumannDivergenceWarning
@@ -236,7 +236,7 @@ def augment(
     _check_int("n_show", n_show, 0)
     _check_int("n_std_samples", n_std_samples, 2)
     _check_int("seed", seed, 0)
-    key = _dataset_key(dataset, "dataset")
+    key = check_dataset(dataset, "dataset")
     if key != "digits" and data_root is None:
         raise ValueError(f"data_root is required for dataset={dataset!r}: the folder that "
                          "holds the torchvision files ('digits' needs none)")

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
-from optuna_ift.data import _dataset_key, load_dataset
+from optuna_ift.data import check_dataset, load_dataset
 from optuna_ift.experiments._common import write_results
 from optuna_ift.experiments._models import classification_loss, make_classifier
 from optuna_ift.hypergrad import ConjugateGradient, Neumann
@@ -266,7 +266,7 @@ def distill(
     eval_every = _check_int("eval_every", eval_every, 1)
     n_random_draws = _check_int("n_random_draws", n_random_draws, 1)
     _check_int("seed", seed, 0)
-    _dataset_key(dataset, "dataset")
+    check_dataset(dataset, "dataset")
     dev = resolve_device(device)
 
     started = time.perf_counter()

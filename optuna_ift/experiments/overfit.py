@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from optuna_ift._validation import ArgumentKindError
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
-from optuna_ift.data import _dataset_key, load_dataset
+from optuna_ift.data import check_dataset, load_dataset
 from optuna_ift.experiments._common import BarCallback, count_warnings, progress, write_results
 from optuna_ift.experiments._models import (
     MODEL_KINDS,
@@ -207,7 +207,7 @@ def overfit(
         _check_positive(name, value)
     if not isinstance(show_progress, bool):
         raise TypeError(f"show_progress must be a bool, got {type(show_progress).__name__}")
-    _dataset_key(dataset, "dataset")
+    check_dataset(dataset, "dataset")
     device_ = resolve_device(device)
 
     started = time.perf_counter()

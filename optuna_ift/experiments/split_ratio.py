@@ -22,7 +22,7 @@ import numpy as np
 
 from optuna_ift._validation import ArgumentKindError
 from optuna_ift._validation import check_int as _check_int
-from optuna_ift.data import _dataset_key, load_dataset
+from optuna_ift.data import check_dataset, load_dataset
 from optuna_ift.experiments._common import write_results
 from optuna_ift.sklearn import IFTLogisticRegression, validation_split_curve
 from optuna_ift.trainer import resolve_device
@@ -106,7 +106,7 @@ def split_ratio(
     seeds = [int(s) for s in seeds]
     _check_int("seed", seed, 0)
     _check_int("max_iter", max_iter, 1)
-    key = _dataset_key(dataset, "dataset")
+    key = check_dataset(dataset, "dataset")
     resolve_device(device)  # refused here, before the data are read; used by the estimator
 
     started = time.perf_counter()

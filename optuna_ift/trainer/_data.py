@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, IterableDataset, TensorDataset
 from optuna_ift._validation import ArgumentKindError, check_bool, check_int
 
 __all__ = ["BatchStream", "TensorBatches", "as_source", "batch_size_of", "check_finite",
-           "map_tensors", "move_batch"]
+           "map_tensors", "move_batch", "tensors_of"]
 
 
 class TensorBatches:
@@ -146,6 +146,19 @@ _KINDS = ("a tensor, a tuple of tensors, a TensorDataset, a TensorBatches, a Dat
           "another iterable of batches")
 
 
+def tensors_of(name: str, data: Any) -> tuple[Tensor, ...] | None:
+    """``data`` as checked in-memory tensors, if it is a tensor, a tuple or list of tensors or
+    a ``TensorDataset`` (same first dimension, not empty, no NaN or infinity); ``None`` for
+    any other kind of source."""
+    if isinstance(data, TensorDataset):
+        data = data.tensors
+    if isinstance(data, Tensor):
+        data = (data,)
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
+        return check_finite(name, check_tensors(name, data))
+    return None
+
+
 def _is_numpy(value: Any) -> bool:
     return type(value).__module__ == "numpy" and hasattr(value, "__array__")
 
@@ -165,12 +178,8 @@ def as_source(name: str, data: Any, *, batch_size: int, seed: int, shuffle: bool
         raise ArgumentKindError(f"{name} holds NumPy arrays: convert them to tensors first, "
                                 f"e.g. (torch.as_tensor(X, dtype=torch.float32), "
                                 f"torch.as_tensor(y))")
-    if isinstance(data, TensorDataset):
-        data = data.tensors
-    if isinstance(data, Tensor):
-        data = (data,)
-    if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
-        tensors = check_finite(name, check_tensors(name, data))
+    tensors = tensors_of(name, data)
+    if tensors is not None:
         if device is not None:
             tensors = tuple(t.to(device) for t in tensors)
         return TensorBatches(*tensors, batch_size=batch_size, shuffle=shuffle,

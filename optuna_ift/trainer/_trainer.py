@@ -45,9 +45,8 @@ from optuna_ift.trainer._data import (
     TensorBatches,
     as_source,
     batch_size_of,
-    check_finite,
-    check_tensors,
     move_batch,
+    tensors_of,
 )
 from optuna_ift.trainer._distributed import process_group
 from optuna_ift.trainer._step import (
@@ -138,14 +137,8 @@ def _check_loss(name: str, loss: Any) -> Tensor:
 def _eval_batches(data: Any, batch_size: int, name: str) -> Iterable[Any]:
     """One ordered pass over ``data``: tensors (or a ``TensorBatches``' tensors) in slices of
     ``batch_size`` rows, anything else as it iterates."""
-    if isinstance(data, TensorBatches):
-        data = data.tensors
-    if isinstance(data, torch.utils.data.TensorDataset):
-        data = data.tensors
-    if isinstance(data, Tensor):
-        data = (data,)
-    if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
-        tensors = check_tensors(name, data)
+    tensors = data.tensors if isinstance(data, TensorBatches) else tensors_of(name, data)
+    if tensors is not None:
         n = tensors[0].shape[0]
         return (tuple(t[start:start + batch_size] for t in tensors)
                 for start in range(0, n, batch_size))
@@ -902,12 +895,9 @@ def _check_optimizer_state(name: str, saved: Any, saved_class: str | None,
 def _eval_data(name: str, data: Any, device: torch.device) -> Any:
     """An ``eval_data`` value: tensors checked and moved to ``device`` once, any other source
     checked and kept as it is."""
-    if isinstance(data, torch.utils.data.TensorDataset):
-        data = data.tensors
-    if isinstance(data, Tensor):
-        data = (data,)
-    if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
-        return tuple(t.to(device) for t in check_finite(name, check_tensors(name, data)))
+    tensors = tensors_of(name, data)
+    if tensors is not None:
+        return tuple(t.to(device) for t in tensors)
     return as_source(name, data, batch_size=1, seed=0)
 
 
