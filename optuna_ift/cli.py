@@ -14,7 +14,10 @@ import inspect
 import json
 import logging
 import math
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -242,14 +245,39 @@ def _demo(args: argparse.Namespace) -> None:
          show_progress=not args.no_progress, timeout=args.timeout)
 
 
+def _launch_group(args: argparse.Namespace) -> None:
+    """``worker --nproc N``: run this worker as N processes through torchrun (PyTorch's
+    launcher, ``torch.distributed.run``), which sets each one's rank and restarts nothing."""
+    argv = ["worker", "--storage", args.storage, "--study-name", args.study_name,
+            "--n-trials", str(args.n_trials), "--out", args.out,
+            "--hyper-steps", str(args.hyper_steps),
+            "--checkpoint-every", str(args.checkpoint_every),
+            "--heartbeat-interval", str(args.heartbeat_interval),
+            "--seed", str(args.seed), "--device", str(args.device)]
+    if args.total_trials is not None:
+        argv += ["--total-trials", str(args.total_trials)]
+    if args.grace_period is not None:
+        argv += ["--grace-period", str(args.grace_period)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={args.nproc}", "-m", "optuna_ift", *argv]
+    code = subprocess.call(command)
+    if code:
+        raise SystemExit(code)
+
+
 def _worker(args: argparse.Namespace) -> None:
     from optuna_ift.experiments import run_worker
 
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _launch_group(args)
+        return
     results = run_worker(storage=args.storage, study_name=args.study_name,
                          n_trials=args.n_trials, out=args.out, seed=args.seed,
                          device=args.device, heartbeat_interval=args.heartbeat_interval,
                          grace_period=args.grace_period, total_trials=args.total_trials,
                          hyper_steps=args.hyper_steps, checkpoint_every=args.checkpoint_every)
+    if results.get("rank", 0):  # rank 0 reports for its group
+        return
     mine, states = results["trials_run"], results["states"]
     numbers = f" ({', '.join(map(str, mine))})" if mine else ""
     counts = ", ".join(f"{n} {state.lower()}" for state, n in states.items() if n) or "none"
@@ -490,6 +518,11 @@ def build_parser() -> CommandParser:
                    help="seed of this worker's sampler; give each worker its own "
                    "(default: %(default)s)")
     p.add_argument("--device", type=_device, default="auto", help=device_help)
+    p.add_argument("--nproc", type=_positive_int, default=1,
+                   help="processes that run each trial together, data-parallel (one per GPU; "
+                   "gloo on the CPU), launched through torchrun; the same as "
+                   "'torchrun --nproc-per-node N -m optuna_ift worker ...' "
+                   "(default: %(default)s)")
     p.set_defaults(run=_worker)
 
     p = commands.add_parser(

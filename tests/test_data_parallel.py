@@ -158,13 +158,15 @@ def test_bad_inputs_of_a_process_group_are_clear_errors(tmp_path):
     assert not (tmp_path / "drift.pt").exists()
 
 
-def _loader_run(world: int, rank: int) -> dict:
+def _loader_run(world: int, rank: int, own_sampler: bool = True) -> dict:
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
     def loader(tensors, per_rank: int, seed: int) -> DataLoader:
         dataset = TensorDataset(*tensors)
         if world == 1:
             return DataLoader(dataset, batch_size=per_rank * WORLD, shuffle=False)
+        if not own_sampler:  # the trainer gives it a DistributedSampler
+            return DataLoader(dataset, batch_size=per_rank, shuffle=False)
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
         return DataLoader(dataset, batch_size=per_rank, sampler=sampler)
 
@@ -181,19 +183,56 @@ def _loader_run(world: int, rank: int) -> dict:
 
 
 def _loader_worker(rank: int, port: int, folder: str) -> None:
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        torch.save(_loader_run(WORLD, rank), os.path.join(folder, f"loader{rank}.pt"))
+        runs = {own: _loader_run(WORLD, rank, own_sampler=own) for own in (True, False)}
+        # A shuffled loader without DistributedSampler gets a shuffled one of this rank.
+        trainer = HyperTrainer(
+            DecayedLinear().double(), train_loss=train_loss, val_loss=val_loss,
+            train_data=DataLoader(TensorDataset(*data(96, 1)), batch_size=8, shuffle=True,
+                                  drop_last=True),
+            val_data=data(48, 2), batch_size=16, solver=Identity(), device="cpu",
+            progress=False, seed=5)
+        sampler = trainer.train_data.sampler
+        given = {"distributed": isinstance(sampler, DistributedSampler),
+                 "rank": sampler.rank, "replicas": sampler.num_replicas,
+                 "shuffle": sampler.shuffle, "seed": sampler.seed,
+                 "batch_size": trainer.train_data.batch_size,
+                 "drop_last": trainer.train_data.drop_last,
+                 "order": list(sampler)}
+        torch.save({"runs": runs, "given": given}, os.path.join(folder, f"loader{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_a_dataloader_with_a_distributed_sampler_takes_the_one_process_steps(tmp_path):
-    alone = _loader_run(1, 0)
-    mp.start_processes(_loader_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD,
+@pytest.fixture(scope="module")
+def loader_ranks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("loader_ranks")
+    mp.start_processes(_loader_worker, args=(_free_port(), str(folder)), nprocs=WORLD,
                        join=True, start_method="spawn")
-    ranks = [torch.load(tmp_path / f"loader{r}.pt", weights_only=True) for r in range(WORLD)]
+    return [torch.load(folder / f"loader{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("own_sampler", [True, False], ids=["own-sampler", "sampler-given"])
+def test_a_dataloader_with_a_distributed_sampler_takes_the_one_process_steps(loader_ranks,
+                                                                             own_sampler):
+    alone = _loader_run(1, 0)
+    ranks = [r["runs"][own_sampler] for r in loader_ranks]
     for key, value in alone.items():
         assert torch.equal(ranks[0][key], ranks[1][key]), key
         assert float((ranks[0][key] - value).abs().max()) <= 1e-6 * float(value.abs().max())
+
+
+def test_a_loader_without_distributed_sampler_gets_one_per_rank(loader_ranks):
+    given = [r["given"] for r in loader_ranks]
+    for rank, g in enumerate(given):
+        assert g["distributed"] and g["rank"] == rank and g["replicas"] == WORLD
+        assert g["shuffle"] and g["seed"] == 5 and g["batch_size"] == 8 and g["drop_last"]
+    # The two ranks share out one shuffled epoch: disjoint halves of all 96 examples.
+    orders = [g["order"] for g in given]
+    assert not set(orders[0]) & set(orders[1])
+    assert sorted(orders[0] + orders[1]) == list(range(96))
+    assert orders[0] != sorted(orders[0])

@@ -48,9 +48,11 @@ from optuna_ift.integration import (
     ATTR_RESUMED_FROM,
     ATTR_WARM_START,
     HybridSampler,
+    broadcast_object,
     create_storage,
     load_learned,
     mask_password,
+    optimize_distributed,
     run_trainer,
 )
 from optuna_ift.trainer import (
@@ -444,6 +446,13 @@ def run_worker(
     the retry resumes its inner training from the dead trial's last checkpoint artifact
     (artifacts go to ``out/artifacts``, which all workers must share).
 
+    Launched by ``torchrun --nproc_per_node N -m optuna_ift worker ...`` (or ``optuna-ift
+    worker --nproc N``), the N processes join the launch's process group (NCCL, one GPU each,
+    when training on CUDA; gloo on the CPU) and run each trial together, data-parallel: rank 0
+    talks to the storage and samples, every rank trains on its share of each global batch
+    (:func:`~optuna_ift.integration.optimize_distributed`). Many such groups may share one
+    storage, like single-process workers.
+
     Args:
         storage: A database URL (PostgreSQL, MySQL, SQLite), a journal file path (heartbeats
             are added to it by this package) or a storage object.
@@ -451,7 +460,8 @@ def run_worker(
         n_trials: Trials this worker runs (Optuna counts each worker separately).
         out: Folder shared by all workers; artifacts go to ``out/artifacts``.
         seed: Seed of this worker's sampler; give each worker its own.
-        device: ``"auto"``, ``"cuda:1"``, ... (one GPU per worker).
+        device: ``"auto"``, ``"cuda:1"``, ... (one GPU per worker; in a launched group
+            ``"auto"`` is the GPU of the process's local rank).
         heartbeat_interval: Seconds between heartbeats.
         grace_period: Seconds without heartbeat before a trial is failed (default twice the
             interval).
@@ -470,26 +480,67 @@ def run_worker(
         data_seed: Seed of the digits split; the same for all workers.
 
     Returns:
-        ``{"study_name", "trials_run", "states", "artifacts", "neumann_cutoffs"}``: this
-        worker's trial numbers, the study's trial counts by state when it stopped, the folder
-        of the artifacts, and how many Neumann series were cut off (counted; the
-        ``NeumannDivergenceWarning`` of each is not shown).
+        ``{"study_name", "rank", "trials_run", "states", "artifacts", "neumann_cutoffs"}``:
+        this worker's rank in its group (0 alone), its trial numbers, the study's trial
+        counts by state when it stopped (empty on ranks other than 0, which never read the
+        storage), the folder of the artifacts, and how many Neumann series were cut off
+        (counted; the ``NeumannDivergenceWarning`` of each is not shown).
     """
     _check_int("n_trials", n_trials, 1)
     if total_trials is not None:
         _check_int("total_trials", total_trials, 1)
-    out = Path(out)
+    device, joined = _join_launched_group(device)
+    try:
+        return _work(storage=storage, study_name=study_name, n_trials=n_trials, out=Path(out),
+                     seed=seed, device=device, heartbeat_interval=heartbeat_interval,
+                     grace_period=grace_period, max_retry=max_retry,
+                     total_trials=total_trials, hyper_steps=hyper_steps,
+                     checkpoint_every=checkpoint_every, step_seconds=step_seconds,
+                     pruner=pruner, data_seed=data_seed)
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
+
+
+def _join_launched_group(device: str) -> tuple[str, bool]:
+    """Join the process group of a ``torchrun`` launch (``WORLD_SIZE`` > 1 in the environment,
+    with ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``): NCCL with one GPU per
+    process when this process trains on CUDA, else gloo. Returns the device of this process
+    (``"auto"`` becomes ``cuda:<LOCAL_RANK>`` when CUDA is present) and whether it joined."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1 or torch.distributed.is_initialized():
+        return device, False
+    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    on_cuda = str(device).startswith("cuda")
+    if on_cuda:
+        torch.cuda.set_device(torch.device(device))
+    torch.distributed.init_process_group(backend="nccl" if on_cuda else "gloo")
+    return device, True
+
+
+def _work(*, storage: Any, study_name: str, n_trials: int, out: Path, seed: int, device: str,
+          heartbeat_interval: int, grace_period: int | None, max_retry: int | None,
+          total_trials: int | None, hyper_steps: int, checkpoint_every: int,
+          step_seconds: float, pruner: optuna.pruners.BasePruner | None,
+          data_seed: int) -> dict[str, Any]:
+    distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    rank = torch.distributed.get_rank() if distributed else 0
     artifacts = out / "artifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
+    study = None
+    if rank == 0:  # only rank 0 talks to the storage and writes artifacts
+        artifacts.mkdir(parents=True, exist_ok=True)
+        storage_obj = create_storage(storage, heartbeat_interval=heartbeat_interval,
+                                     grace_period=grace_period, max_retry=max_retry)
+        study = optuna.create_study(
+            storage=storage_obj, study_name=study_name, direction="minimize",
+            sampler=HybridSampler(optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)),
+            pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=5,
+                                                         n_warmup_steps=10),
+            load_if_exists=True,
+        )
     store = FileSystemArtifactStore(str(artifacts))
-    storage_obj = create_storage(storage, heartbeat_interval=heartbeat_interval,
-                                 grace_period=grace_period, max_retry=max_retry)
-    study = optuna.create_study(
-        storage=storage_obj, study_name=study_name, direction="minimize",
-        sampler=HybridSampler(optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)),
-        pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=10),
-        load_if_exists=True,
-    )
     data = load_dataset("digits", seed=data_seed)
     objective = make_objective(data=data, artifact_store=store, hyper_steps=hyper_steps,
                                checkpoint_every=checkpoint_every, seed=seed * 100_003,
@@ -506,35 +557,60 @@ def run_worker(
         # Count the Neumann cut-offs (reported once) instead of printing a warning for each.
         nonlocal cutoffs
         with count_warnings(NeumannDivergenceWarning) as cut:
-            study.optimize(objective, n_trials=n, callbacks=[remember], gc_after_trial=False)
+            if not distributed:
+                study.optimize(objective, n_trials=n, callbacks=[remember],
+                               gc_after_trial=False)
+            else:  # rank 0 tells the others when to start (True) and when it is done
+                broadcast_object(True)
+                optimize_distributed(study, objective, n_trials=n, callbacks=[remember])
         cutoffs += cut.value
 
-    if total_trials is None:
-        optimize(n_trials)
-    else:
-        # One trial at a time, deciding before each whether the study still needs one: a
-        # queued retry always runs; a new trial only while finished + running trials fall
-        # short of total_trials. When only other workers' trials are running, wait: if their
-        # worker died, its heartbeat stops, the trial is failed and its retry queued here.
-        started = 0
-        while True:
-            trials = study.get_trials(deepcopy=False)
-            done = sum(t.state in done_states for t in trials)
-            waiting = sum(t.state == TrialState.WAITING for t in trials)
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            if done >= total_trials:
-                break
-            if waiting or (done + running < total_trials and started < n_trials):
-                optimize(1)
-                started += not waiting
-            elif running:
-                time.sleep(max(0.5, heartbeat_interval / 2))
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
-            else:
-                break
+    if rank != 0:
+        followed: list[int] = []
+
+        def follow(trial: Any) -> float:
+            followed.append(trial.number)
+            return objective(trial)
+
+        with count_warnings(NeumannDivergenceWarning) as cut:
+            while broadcast_object(None):
+                optimize_distributed(None, follow)
+        return {"study_name": study_name, "rank": rank, "trials_run": followed, "states": {},
+                "artifacts": str(artifacts), "neumann_cutoffs": cut.value}
+    try:
+        if total_trials is None:
+            optimize(n_trials)
+        else:
+            # One trial at a time, deciding before each whether the study still needs one: a
+            # queued retry always runs; a new trial only while finished + running trials fall
+            # short of total_trials. When only other workers' trials are running, wait: if
+            # their worker died, its heartbeat stops, the trial is failed and its retry queued
+            # here.
+            started = 0
+            while True:
+                trials = study.get_trials(deepcopy=False)
+                done = sum(t.state in done_states for t in trials)
+                waiting = sum(t.state == TrialState.WAITING for t in trials)
+                running = sum(t.state == TrialState.RUNNING for t in trials)
+                if done >= total_trials:
+                    break
+                if waiting or (done + running < total_trials and started < n_trials):
+                    optimize(1)
+                    started += not waiting
+                elif running:
+                    time.sleep(max(0.5, heartbeat_interval / 2))
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        optuna.storages.fail_stale_trials(study)
+                else:
+                    break
+    finally:
+        if distributed:
+            try:
+                broadcast_object(False)
+            except Exception:  # a rank died: the error that caused it wins
+                _logger.warning("could not tell the other ranks to stop", exc_info=True)
     trials = study.get_trials(deepcopy=False)
-    return {"study_name": study_name, "trials_run": mine,
+    return {"study_name": study_name, "rank": 0, "trials_run": mine,
             "states": {s.name: sum(t.state == s for t in trials) for s in TrialState},
             "artifacts": str(artifacts), "neumann_cutoffs": cutoffs}

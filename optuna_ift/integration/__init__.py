@@ -3,6 +3,11 @@ inside a trial (pruning, learned tensors and checkpoints as artifacts, warm star
 
 from __future__ import annotations
 
+from optuna_ift.integration._distributed import (
+    LeaderError,
+    broadcast_object,
+    optimize_distributed,
+)
 from optuna_ift.integration._sampler import (
     DEFAULT_REFINED_ATTR_PREFIX,
     HybridSampler,
@@ -41,11 +46,14 @@ __all__ = [
     "DEFAULT_REFINED_ATTR_PREFIX",
     "HybridSampler",
     "IFTPruningCallback",
+    "LeaderError",
+    "broadcast_object",
     "create_storage",
     "learned_hyperparameters",
     "load_checkpoint",
     "load_learned",
     "mask_password",
+    "optimize_distributed",
     "record_refined",
     "refined_key",
     "retry_history",

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from optuna_ift._validation import ArgumentKindError, check_int
 from optuna_ift.hyperparams import HyperParameter, WeightDecay
+from optuna_ift.integration._distributed import TrialLink, is_distributed_trial
 from optuna_ift.trainer import Callback, HyperTrainer
 
 __all__ = [
@@ -214,8 +215,9 @@ class IFTPruningCallback(Callback):
     """
 
     def __init__(self, trial: optuna.Trial, *, monitor: str = "val_loss") -> None:
-        if not isinstance(trial, optuna.Trial):
-            raise TypeError(f"trial must be an optuna.Trial, got {type(trial).__name__}")
+        if not (isinstance(trial, optuna.Trial) or is_distributed_trial(trial)):
+            raise TypeError(f"trial must be an optuna.Trial or a TorchDistributedTrial, got "
+                            f"{type(trial).__name__}")
         if not isinstance(monitor, str):
             raise ArgumentKindError(f"monitor must be a str, an evaluation key such as "
                                     f"'val_loss', got {_shown(monitor)}")
@@ -360,12 +362,19 @@ def save_checkpoint(
         raise TypeError(f"trainer must be a HyperTrainer, got {type(trainer).__name__}")
     storage = _storage_of(trial, storage)
     _check_artifact_store(artifact_store)
+    return _store_checkpoint(trial, storage, artifact_store, trainer.state_dict(),
+                             int(trainer.hyper_step), remove_previous=remove_previous)
+
+
+def _store_checkpoint(trial: optuna.Trial | FrozenTrial, storage: Any, artifact_store: Any,
+                      state: dict[str, Any], hyper_step: int, *,
+                      remove_previous: bool = True) -> str:
     previous = trial.user_attrs.get(ATTR_CHECKPOINT)
     previous_owner = trial.user_attrs.get(ATTR_CHECKPOINT_TRIAL)
     artifact_id = _upload(trial, storage, artifact_store, "trainer_checkpoint.pt",
-                          lambda path: torch.save(trainer.state_dict(), path))
+                          lambda path: torch.save(state, path))
     _set_user_attr(trial, storage, ATTR_CHECKPOINT, artifact_id)
-    _set_user_attr(trial, storage, ATTR_CHECKPOINT_STEP, int(trainer.hyper_step))
+    _set_user_attr(trial, storage, ATTR_CHECKPOINT_STEP, hyper_step)
     _set_user_attr(trial, storage, ATTR_CHECKPOINT_TRIAL, int(trial.number))
     if remove_previous and previous is not None and previous_owner == trial.number:
         try:
@@ -503,10 +512,12 @@ class _Attrs:
 class _Checkpointer(Callback):
     """Checkpoint every ``every`` hyper steps (not at the last one). When the trainer also
     evaluates at that step (which it does after the hyper-step callbacks), the checkpoint
-    waits for the evaluation, so a resumed run has the evaluation in its history."""
+    waits for the evaluation, so a resumed run has the evaluation in its history. In a process
+    group every rank takes the state (which checks that the hyperparameters agree); rank 0
+    stores it."""
 
-    def __init__(self, trial: optuna.Trial, store: Any, every: int, last: int) -> None:
-        self.trial, self.store, self.every, self.last = trial, store, every, last
+    def __init__(self, link: TrialLink, store: Any, every: int, last: int) -> None:
+        self.link, self.store, self.every, self.last = link, store, every, last
         self.pending = False
 
     def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
@@ -516,16 +527,56 @@ class _Checkpointer(Callback):
         if trainer.eval_data and trainer.eval_every and step % trainer.eval_every == 0:
             self.pending = True
         else:
-            save_checkpoint(self.trial, trainer, self.store)
+            self._save(trainer)
 
     def on_evaluation(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
         if self.pending:
             self.pending = False
-            save_checkpoint(self.trial, trainer, self.store)
+            self._save(trainer)
+
+    def _save(self, trainer: HyperTrainer) -> None:
+        state, step = trainer.state_dict(), int(trainer.hyper_step)
+        trial = self.link.optuna_trial
+        self.link.run(lambda: _store_checkpoint(trial, trial.storage, self.store, state, step))
+
+
+def _resume(link: TrialLink, trainer: HyperTrainer, artifact_store: Any,
+            artifact_id: str | None) -> int:
+    """Load the checkpoint ``artifact_id`` (known on the leader) into ``trainer`` on every
+    process: the leader downloads it and, in a group, sends the others its bytes."""
+    with tempfile.TemporaryDirectory(prefix="optuna_ift_") as folder:
+        path = os.path.join(folder, "trainer_checkpoint.pt")
+
+        def fetch() -> bytes | None:
+            download_artifact(artifact_store=artifact_store, file_path=path,
+                              artifact_id=artifact_id)
+            return Path(path).read_bytes() if link.distributed else None
+
+        data = link.run(fetch)
+        if not link.leader:
+            Path(path).write_bytes(data)
+        trainer.resume(path)  # torch.load(..., weights_only=True) inside
+    return int(trainer.hyper_step)
+
+
+def _check_group(link: TrialLink, trainer: HyperTrainer) -> None:
+    world = 1 if trainer.group is None else trainer.group.world
+    if world == link.world:
+        return
+    if link.world == 1:
+        raise ValueError(
+            f"the trainer runs data-parallel over {world} processes but trial is an "
+            "optuna.Trial of one process: wrap it in optuna_integration.TorchDistributedTrial "
+            "on every rank (the optuna.Trial on rank 0, None elsewhere), e.g. through "
+            "optuna_ift.integration.optimize_distributed, so that every rank trains the same "
+            "parameters")
+    raise ValueError(
+        f"trial spans {link.world} processes but the trainer runs on {world}: build the "
+        "trainer after torch.distributed.init_process_group, on every rank")
 
 
 def run_trainer(
-    trial: optuna.Trial,
+    trial: optuna.Trial | Any,
     trainer: HyperTrainer,
     *,
     hyper_steps: int,
@@ -551,12 +602,19 @@ def run_trainer(
        ``ift:hyper_steps``, ``ift:skipped_hyper_steps`` and the last evaluation (as
        ``ift:final_<key>``) are recorded.
 
+    Data-parallel (a trainer built in an initialised process group): call it on every rank
+    with an :class:`optuna_integration.TorchDistributedTrial` (see
+    :func:`optimize_distributed`). Rank 0 alone reads and writes the storage and the artifact
+    store and sends the others what they need (the checkpoint to resume from, the warm-start
+    tensors, its errors); evaluations are reported and pruning decided once, for every rank.
+
     Args:
-        trial: The running trial.
+        trial: The running trial: an :class:`optuna.Trial`, or a ``TorchDistributedTrial``
+            on every rank of a process group.
         trainer: A trainer with ``eval_data`` holding the set that ``monitor`` names (the
             trainer evaluates it every epoch or ``eval_every`` hyper steps).
         hyper_steps: Hyper steps to train in total.
-        artifact_store: Where learned tensors and checkpoints go.
+        artifact_store: Where learned tensors and checkpoints go (rank 0's, in a group).
         checkpoint_every: Hyper steps between checkpoints; ``None`` for none.
         warm_start: Start from the best matching finished trial.
         prune: Report evaluations and prune through the study's pruner.
@@ -564,12 +622,16 @@ def run_trainer(
 
     Returns:
         The final value of ``monitor`` (the trainer evaluates once more at the end if its last
-        evaluation was earlier).
+        evaluation was earlier); the same on every rank.
+
+    Raises:
+        ValueError: If the trainer is data-parallel and ``trial`` is not shared by the same
+            processes (an ``optuna.Trial`` would let each rank sample its own parameters).
     """
-    if not isinstance(trial, optuna.Trial):
-        raise TypeError(f"trial must be an optuna.Trial, got {type(trial).__name__}")
+    link = TrialLink(trial)
     if not isinstance(trainer, HyperTrainer):
         raise TypeError(f"trainer must be a HyperTrainer, got {type(trainer).__name__}")
+    _check_group(link, trainer)
     hyper_steps = check_int("hyper_steps", hyper_steps, 1)
     if checkpoint_every is not None:
         checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
@@ -581,39 +643,58 @@ def run_trainer(
         raise ValueError(f"monitor must be '<name>_loss' or '<name>_metric' for a name in the "
                          f"trainer's eval_data {sorted(trainer.eval_data)}, got {monitor!r}")
     _check_artifact_store(artifact_store)  # now, not when the trained tensors are saved
+    leader = link.optuna_trial  # None on the other ranks
 
-    study = trial.study
-    resumed_step = None
-    if retry_history(trial) and ATTR_CHECKPOINT in trial.user_attrs:
-        attrs = trial.user_attrs
-        resumed_step = _load_checkpoint_into(trainer, artifact_store, attrs[ATTR_CHECKPOINT])
-        source = attrs.get(ATTR_CHECKPOINT_TRIAL, retry_history(trial)[-1])
-        trial.set_user_attr(ATTR_RESUMED_FROM, int(source))
-        trial.set_user_attr(ATTR_RESUMED_AT_STEP, resumed_step)
-        _logger.info("trial %d resumes trial %s from hyper step %d", trial.number, source,
-                     resumed_step)
+    def plan() -> tuple[str | None, int | None]:
+        attrs = leader.user_attrs
+        if retry_history(leader) and ATTR_CHECKPOINT in attrs:
+            return attrs[ATTR_CHECKPOINT], attrs.get(ATTR_CHECKPOINT_TRIAL,
+                                                     retry_history(leader)[-1])
+        return None, None
+
+    checkpoint, source = link.run(plan)
+    if checkpoint is not None:
+        resumed_step = _resume(link, trainer, artifact_store, checkpoint)
+
+        def record_resume() -> None:
+            leader.set_user_attr(ATTR_RESUMED_FROM, int(source))
+            leader.set_user_attr(ATTR_RESUMED_AT_STEP, resumed_step)
+            _logger.info("trial %d resumes trial %s from hyper step %d", leader.number,
+                         source, resumed_step)
+
+        link.run(record_resume)
         if prune:
             for record in trainer.history.evaluations:
                 if monitor in record:
-                    trial.report(float(record[monitor]), int(record["hyper_step"]))
+                    link.trial.report(float(record[monitor]), int(record["hyper_step"]))
     elif warm_start:
-        source = _warm_start(trainer.model, study, artifact_store, exclude=trial.number)
-        trial.set_user_attr(ATTR_WARM_START, source)
+        def start_warm() -> int | None:
+            found = _warm_start(trainer.model, leader.study, artifact_store,
+                                exclude=leader.number)
+            leader.set_user_attr(ATTR_WARM_START, found)
+            return found
+
+        if link.run(start_warm) is not None and trainer.group is not None:
+            trainer.group.broadcast_(trainer.hyperparameters)  # rank 0's warm start
 
     added: list[Callback] = []
     if prune:
-        added.append(IFTPruningCallback(trial, monitor=monitor))
+        added.append(IFTPruningCallback(link.trial, monitor=monitor))
     if checkpoint_every is not None:
-        added.append(_Checkpointer(trial, artifact_store, checkpoint_every, hyper_steps))
+        added.append(_Checkpointer(link, artifact_store, checkpoint_every, hyper_steps))
     trainer.callbacks.extend(added)
+
+    def record_end() -> None:
+        save_learned(leader, trainer, artifact_store)
+        leader.set_user_attr("ift:hyper_steps", int(trainer.hyper_step))
+        leader.set_user_attr("ift:skipped_hyper_steps", int(trainer.history.skipped))
+
     try:
         trainer.fit(hyper_steps)
     finally:
         for callback in added:
             trainer.callbacks.remove(callback)
-        save_learned(trial, trainer, artifact_store)
-        trial.set_user_attr("ift:hyper_steps", int(trainer.hyper_step))
-        trial.set_user_attr("ift:skipped_hyper_steps", int(trainer.history.skipped))
+        link.run(record_end)
 
     evaluations = trainer.history.evaluations
     if evaluations and evaluations[-1]["hyper_step"] == trainer.hyper_step:
@@ -623,9 +704,9 @@ def run_trainer(
         for set_name, data in trainer.eval_data.items():
             final |= {f"{set_name}_{k}": v for k, v in trainer.evaluate(data).items()}
         if prune:
-            trial.report(float(final[monitor]), int(trainer.hyper_step))
-    for k, v in final.items():
-        trial.set_user_attr(f"ift:final_{k}", float(v))
+            link.trial.report(float(final[monitor]), int(trainer.hyper_step))
+    link.run(lambda: [leader.set_user_attr(f"ift:final_{k}", float(v))
+                      for k, v in final.items()])
     return float(final[monitor])
 
 

@@ -10,15 +10,32 @@ to rounding, and all of them stay identical.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+)
+from torch.utils.data.distributed import DistributedSampler
 
 from optuna_ift.trainer._data import map_tensors
 
 __all__ = ["ProcessGroup", "process_group"]
+
+_logger = logging.getLogger(__name__)
+
+#: Loader classes rebuilt with a DistributedSampler (torchdata's stateful one takes the same
+#: arguments as PyTorch's).
+_REBUILT = ("torch.utils.data.dataloader.DataLoader",
+            "torchdata.stateful_dataloader.stateful_dataloader.StatefulDataLoader")
 
 
 class ProcessGroup:
@@ -74,6 +91,46 @@ class ProcessGroup:
             return x[self.rank * share:(self.rank + 1) * share]
 
         return map_tensors(cut, batch)
+
+
+    def distribute(self, name: str, source: Any, *, seed: int) -> Any:
+        """``source`` with this process's part of every epoch.
+
+        A ``DataLoader`` (or torchdata ``StatefulDataLoader``) over a map-style dataset that
+        has no ``DistributedSampler`` is rebuilt with one (shuffled when the loader shuffled,
+        ``seed`` for the order, the loader's ``drop_last``), and the loader's other settings;
+        its ``batch_size`` stays the batch of each process, as with a ``DistributedSampler``
+        of one's own. Anything else is returned as it is.
+        """
+        if not isinstance(source, DataLoader) or isinstance(source.dataset, IterableDataset):
+            return source
+        if isinstance(source.sampler, DistributedSampler):
+            return source
+        kind = f"{type(source).__module__}.{type(source).__qualname__}"
+        plain_batches = (type(source.batch_sampler) is BatchSampler
+                         and source.batch_size is not None)
+        if (kind not in _REBUILT or not plain_batches
+                or type(source.sampler) not in (RandomSampler, SequentialSampler)):
+            warnings.warn(f"{name}: a {type(source).__name__} with its own sampler but no "
+                          f"DistributedSampler: each of the {self.world} processes iterates "
+                          "all of it; give it a DistributedSampler", RuntimeWarning,
+                          stacklevel=3)
+            return source
+        sampler = DistributedSampler(source.dataset, num_replicas=self.world, rank=self.rank,
+                                     shuffle=isinstance(source.sampler, RandomSampler),
+                                     seed=seed, drop_last=source.drop_last)
+        options = {"batch_size": source.batch_size, "drop_last": source.drop_last,
+                   "num_workers": source.num_workers, "collate_fn": source.collate_fn,
+                   "pin_memory": source.pin_memory, "timeout": source.timeout,
+                   "worker_init_fn": source.worker_init_fn,
+                   "multiprocessing_context": source.multiprocessing_context,
+                   "generator": source.generator,
+                   "persistent_workers": source.persistent_workers}
+        if source.num_workers > 0:
+            options["prefetch_factor"] = source.prefetch_factor
+        _logger.info("%s: each of the %d processes draws its part of the data set through a "
+                     "DistributedSampler", name, self.world)
+        return type(source)(source.dataset, sampler=sampler, **options)
 
 
 def process_group() -> ProcessGroup | None:

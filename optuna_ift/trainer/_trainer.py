@@ -378,6 +378,9 @@ class HyperTrainer:
         self.eval_data: dict[str, Any] = {}
         for name, data in (eval_data or {}).items():
             self.eval_data[name] = _eval_data(f"eval_data[{name!r}]", data, self.device)
+        if self.group is not None:  # a loader without DistributedSampler gets one
+            self.train_data = self.group.distribute("train_data", self.train_data, seed=seed)
+            self.val_data = self.group.distribute("val_data", self.val_data, seed=seed + 1)
         self._train = (None if self.train_data is None
                        else BatchStream("train_data", self.train_data, self.device,
                                         shard=self._shard_of(self.train_data)))
