@@ -5,22 +5,20 @@ relative), are identical on both ranks, and each rank computed on its share of t
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 from optuna_ift import ConjugateGradient, Identity, Neumann
 from optuna_ift.hyperparams import HyperParameter
 from optuna_ift.trainer import HyperTrainer
+from tests._ranks import WORLD, spawn_ranks
 
 SOLVERS = {"neumann": Neumann(steps=5, alpha="auto"), "cg": ConjugateGradient(steps=8),
            "identity": Identity()}
-WORLD = 2
 
 
 class DecayedLinear(nn.Module):
@@ -77,17 +75,10 @@ def _worker(rank: int, port: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ranks")
-    mp.start_processes(_worker, args=(_free_port(), str(folder)), nprocs=WORLD, join=True,
-                       start_method="spawn")
+    spawn_ranks(_worker, folder)
     return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
@@ -147,8 +138,7 @@ def test_bad_inputs_of_a_process_group_are_clear_errors(tmp_path):
                          progress=False)
     alone.fit(1)
     alone.save(tmp_path / "alone.pt")
-    mp.start_processes(_bad_inputs_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD,
-                       join=True, start_method="spawn")
+    spawn_ranks(_bad_inputs_worker, tmp_path)
     for rank in range(WORLD):
         errors = torch.load(tmp_path / f"errors{rank}.pt", weights_only=True)
         assert "batch_size=33" in errors["batch"] and "multiple of the 2 processes" in (
@@ -211,8 +201,7 @@ def _loader_worker(rank: int, port: int, folder: str) -> None:
 @pytest.fixture(scope="module")
 def loader_ranks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("loader_ranks")
-    mp.start_processes(_loader_worker, args=(_free_port(), str(folder)), nprocs=WORLD,
-                       join=True, start_method="spawn")
+    spawn_ranks(_loader_worker, folder)
     return [torch.load(folder / f"loader{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

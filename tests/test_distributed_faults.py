@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,15 +24,10 @@ from optuna_ift.integration import (
     ATTR_RESUMED_FROM,
     create_storage,
 )
+from tests._ranks import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_group(folder: Path, **options) -> list[subprocess.Popen]:
@@ -43,7 +37,7 @@ def _start_group(folder: Path, **options) -> list[subprocess.Popen]:
                    device="cpu", heartbeat_interval=1, grace_period=3, hyper_steps=20,
                    checkpoint_every=5, **{options!r})
     """)
-    port = _free_port()
+    port = free_port()
     processes = []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",

@@ -6,22 +6,17 @@ learned tensors agree, and a data-parallel trainer refuses a trial of one proces
 from __future__ import annotations
 
 import os
-import socket
 
 import optuna
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-import torch.nn.functional as F
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
-from torch import nn
 
 from optuna_ift import Neumann
-from optuna_ift.hyperparams import HyperParameter
 from optuna_ift.integration import (
     ATTR_CHECKPOINT,
     ATTR_WARM_START,
@@ -30,37 +25,10 @@ from optuna_ift.integration import (
     run_trainer,
 )
 from optuna_ift.trainer import HyperTrainer
+from tests._ranks import WORLD, spawn_ranks
+from tests.test_data_parallel import DecayedLinear, data, train_loss, val_loss
 
-WORLD = 2
 PRUNED = 1  # the trial number the pruner prunes at its first report
-
-
-class DecayedLinear(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(6, 3)
-        self.log_decay = HyperParameter(torch.full((3, 6), -2.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
-
-
-def train_loss(model, batch):
-    x, y = batch
-    return F.cross_entropy(model(x), y) + (model.log_decay.exp() * model.linear.weight**2).sum()
-
-
-def val_loss(model, batch):
-    x, y = batch
-    return F.cross_entropy(model(x), y)
-
-
-def data(n: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(3, (n,), generator=g)
-    x = torch.randn(n, 6, generator=g)
-    x[:, 0] += 2.0 * y
-    return x, y
 
 
 class PruneOne(optuna.pruners.BasePruner):
@@ -71,7 +39,7 @@ class PruneOne(optuna.pruners.BasePruner):
 def make_trainer(lr: float, seed: int) -> HyperTrainer:
     torch.manual_seed(seed)
     return HyperTrainer(
-        DecayedLinear(), train_loss=train_loss, val_loss=val_loss, train_data=data(64, 1),
+        DecayedLinear().double(), train_loss=train_loss, val_loss=val_loss, train_data=data(64, 1),
         val_data=data(32, 2), batch_size=16, val_batch_size=16,
         weight_optimizer=lambda p: torch.optim.SGD(p, lr=lr),
         hyper_optimizer=lambda p: torch.optim.Adam(p, lr=0.05),
@@ -127,17 +95,10 @@ def _worker(rank: int, port: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("distributed_trials")
-    mp.start_processes(_worker, args=(_free_port(), str(folder)), nprocs=WORLD, join=True,
-                       start_method="spawn")
+    spawn_ranks(_worker, folder)
     runs = [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     storage = JournalStorage(JournalFileBackend(str(folder / "study.log")))
     return runs, optuna.load_study(study_name="dp", storage=storage), folder
@@ -165,7 +126,8 @@ def test_a_pruned_trial_is_pruned_on_both_ranks_and_the_others_agree(ranks):
         if trial.state == TrialState.COMPLETE:
             assert a["value"] == b["value"] == trial.value
             assert a["hyper_step"] == 6
-        assert not torch.equal(a["log_decay"], torch.full((3, 6), -2.0))  # they were tuned
+        tuned = not torch.equal(a["log_decay"], torch.full((3, 6), -1.0, dtype=torch.float64))
+        assert tuned
 
 
 def test_rank_0_stores_checkpoints_learned_tensors_and_the_warm_start(ranks):

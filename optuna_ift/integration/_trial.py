@@ -705,8 +705,11 @@ def run_trainer(
             final |= {f"{set_name}_{k}": v for k, v in trainer.evaluate(data).items()}
         if prune:
             link.trial.report(float(final[monitor]), int(trainer.hyper_step))
-    link.run(lambda: [leader.set_user_attr(f"ift:final_{k}", float(v))
-                      for k, v in final.items()])
+    def record_final() -> None:
+        for k, v in final.items():
+            leader.set_user_attr(f"ift:final_{k}", float(v))
+
+    link.run(record_final)
     return float(final[monitor])
 
 
