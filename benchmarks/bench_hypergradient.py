@@ -67,7 +67,13 @@ from optuna_ift import (
     power_iteration,
     unrolled_hypergradient,
 )
-from optuna_ift.hypergrad import train_gradient_hvp
+from optuna_ift.hypergrad import (
+    Nystrom,
+    WarmConjugateGradient,
+    WarmNeumann,
+    functional_hypergradient,
+    train_gradient_hvp,
+)
 
 try:
     with warnings.catch_warnings():  # its import of functorch warns about deprecations
@@ -116,6 +122,7 @@ class Problem:
             x = means[y] + randn(n, d_in)
             return x, y
 
+        self.sample = sample  # more data from the same mixture (the trajectory section)
         self.x_train, self.y_train = sample(batch)
         self.x_val, self.y_val = sample(batch)
         init = (
@@ -146,8 +153,11 @@ class Problem:
         w1, b1, w2, b2 = weights
         return torch.relu(x @ w1 + b1) @ w2 + b2
 
-    def train_loss(self, weights: Sequence[torch.Tensor], hparams: Sequence[torch.Tensor]):
-        ce = F.cross_entropy(self.logits(weights, self.x_train), self.y_train)
+    def train_loss(self, weights: Sequence[torch.Tensor], hparams: Sequence[torch.Tensor],
+                   rows: int | None = None):
+        """The training loss on the batch, or on its first ``rows`` examples."""
+        x, y = self.x_train[:rows], self.y_train[:rows]
+        ce = F.cross_entropy(self.logits(weights, x), y)
         decay = sum((h.exp() * w * w).sum() for w, h in zip(weights, hparams))
         return ce + decay / 2
 
@@ -301,6 +311,172 @@ def unrolled(problem: Problem, steps: int, lr: float) -> Callable[[], Tensors]:
         )
 
     return run
+
+
+# --------------------------------------------------------------------------------------------
+# Along a trajectory: solvers that keep state, curvature on a sub-batch, other product modes
+# --------------------------------------------------------------------------------------------
+
+
+def trajectory_methods(problem: Problem, alpha: Callable[[], float], rows: int
+                       ) -> dict[str, Callable[[], Tensors]]:
+    """Every solver and mode of the trajectory section, as zero-argument callables computing
+    one hypergradient at the problem's current weights and batch (forward passes included).
+
+    A stateful solver's state lives in its callable, so it carries over from step to step; the
+    warm Neumann solvers estimate their own ``alpha`` (``"auto"``: every 50 calls and after a
+    divergence, as in the trainer), the cold ones use ``alpha()``, the step of the moment.
+    """
+
+    def tensor_api(make_solver, sub: int | None = None) -> Callable[[], Tensors]:
+        def run() -> Tensors:
+            w, h = problem.weights, problem.hparams
+            curvature = None if sub is None else problem.train_loss(w, h, sub)
+            return hypergradient(problem.val_loss(w, h), problem.train_loss(w, h), w, h,
+                                 solver=make_solver(), curvature_loss=curvature)
+
+        return run
+
+    def warm(solver, sub: int | None = None) -> Callable[[], Tensors]:
+        bound = solver.bind(solver.new_state())
+        return tensor_api(lambda: bound, sub)
+
+    def cold(steps: int) -> Callable[[], Neumann]:
+        return lambda: Neumann(steps=steps, alpha=alpha())
+
+    def functional(steps: int, hvp: str, mixed: str) -> Callable[[], Tensors]:
+        def run() -> Tensors:
+            return functional_hypergradient(problem.val_loss, problem.train_loss,
+                                            problem.weights, problem.hparams,
+                                            solver=Neumann(steps=steps, alpha=alpha()),
+                                            hvp=hvp, mixed=mixed)
+
+        return run
+
+    methods: dict[str, Callable[[], Tensors]] = {}
+    for i in (1, 2, 3, 5, 10):
+        methods[f"neumann-{i}"] = tensor_api(cold(i))
+    for i in (1, 2, 3):
+        methods[f"warm-neumann-{i}"] = warm(WarmNeumann(steps=i))
+    for i in (2, 3):
+        methods[f"warm-cg-{i}"] = warm(WarmConjugateGradient(steps=i, tol=0.0))
+    for rank, every in ((10, 10), (20, 10), (20, 5)):
+        methods[f"nystrom-{rank}/{every}"] = warm(Nystrom(rank=rank, refresh_every=every))
+    methods[f"warm-neumann-1 curv{rows}"] = warm(WarmNeumann(steps=1), rows)
+    methods[f"warm-neumann-2 curv{rows}"] = warm(WarmNeumann(steps=2), rows)
+    methods[f"nystrom-20/10 curv{rows}"] = warm(Nystrom(rank=20, refresh_every=10), rows)
+    methods["neumann-5 fwd-hvp"] = functional(5, "forward", "reverse")
+    methods["neumann-5 fd-hvp"] = functional(5, "finite_difference", "reverse")
+    methods["neumann-5 first-order"] = functional(5, "finite_difference", "finite_difference")
+    return methods
+
+
+def _cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    dot = sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))
+    return dot / max(_norm(a) * _norm(b), 1e-300)
+
+
+def trajectory(problem: Problem, args: argparse.Namespace, device: torch.device) -> dict:
+    """Joint training with every method computing the hypergradient at every hyper step.
+
+    Between hyper steps ``--inner`` Adam steps on fresh mini-batches of the mixture; each hyper
+    step draws a new training batch, every method computes its hypergradient there (timed, in a
+    rotating order, in units of one training gradient), and the hyperparameters follow the cold
+    Neumann(20) hypergradient (RMSprop), so all methods see one trajectory. Accuracy: cosine to
+    the cold Neumann(10) and Neumann(20) hypergradients at the same step. The cold series use
+    ``alpha = 1 / lambda_max`` estimated afresh at every step (untimed).
+    """
+    batch = problem.x_train.shape[0]
+    pool_x, pool_y = problem.sample(args.trajectory_pool)
+    dtype = problem.x_train.dtype
+    pool_x, pool_y = pool_x.to(device, dtype), pool_y.to(device)
+    cursor = [0]
+
+    def next_batch() -> None:
+        start = cursor[0] % (pool_x.shape[0] - batch + 1)
+        cursor[0] = start + batch
+        problem.x_train, problem.y_train = pool_x[start:start + batch], pool_y[start:start + batch]
+
+    rows = max(1, batch // args.curvature_fraction)
+    alpha = [1.0]
+    methods = trajectory_methods(problem, lambda: alpha[0], rows)
+    names = list(methods)
+    weight_opt = torch.optim.Adam(problem.weights, lr=args.trajectory_lr)
+    hyper_opt = torch.optim.RMSprop(problem.hparams, lr=args.trajectory_hyper_lr)
+    grad = train_gradient(problem)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    cos10: dict[str, list[float]] = {n: [] for n in names}
+    cos20: dict[str, list[float]] = {n: [] for n in names}
+    grad_times: list[float] = []
+    caught: dict[str, dict[str, int]] = {}
+    total = args.trajectory_warmup + args.trajectory_steps
+    for step in range(total):
+        for _ in range(args.inner):
+            next_batch()
+            weight_opt.zero_grad(set_to_none=True)
+            problem.train_loss(problem.weights, problem.hparams).backward(
+                inputs=list(problem.weights))
+            weight_opt.step()
+        next_batch()
+        # The step of the cold series (and the references): 1 / lambda_max at this batch, by
+        # 20 power steps (not timed: the trainer estimates it only every 50 hyper steps).
+        alpha[0] = 1.0 / problem.largest_eigenvalue(iters=20, seed=args.seed + step)
+        with count_warnings(caught.setdefault("neumann-20 (reference)", {})):
+            ref20 = ours(problem, Neumann(steps=20, alpha=alpha[0]))()
+        results: dict[str, Tensors] = {}
+        shift = step % len(names)
+        for name in ["grad", *names[shift:], *names[:shift]]:
+            fn = grad if name == "grad" else methods[name]
+            gc.collect()
+            with count_warnings(caught.setdefault(name, {})):
+                synchronize(device)
+                start = time.perf_counter()
+                out = fn()
+                synchronize(device)
+                elapsed = time.perf_counter() - start
+            if name == "grad":
+                if step >= args.trajectory_warmup:
+                    grad_times.append(elapsed)
+                continue
+            results[name] = out
+            if step >= args.trajectory_warmup:
+                times[name].append(elapsed)
+        if step >= args.trajectory_warmup:
+            for name in names:
+                cos10[name].append(_cosine(results[name], results["neumann-10"]))
+                cos20[name].append(_cosine(results[name], ref20))
+        for h, g in zip(problem.hparams, ref20):
+            h.grad = g
+        hyper_opt.step()
+    unit = statistics.median(grad_times)
+    rows_out = {}
+    for name in names:
+        rows_out[name] = {
+            "ge_amortised": statistics.fmean(times[name]) / unit,
+            "ge_median": statistics.median(times[name]) / unit,
+            "cos_neumann10_mean": statistics.fmean(cos10[name]),
+            "cos_neumann10_min": min(cos10[name]),
+            "cos_neumann20_mean": statistics.fmean(cos20[name]),
+            "cos_neumann20_min": min(cos20[name]),
+        }
+    print(f"\nAlong a trajectory: {args.trajectory_steps} hyper steps (after "
+          f"{args.trajectory_warmup} untimed), {args.inner} Adam steps between them on fresh "
+          f"batches of {batch}; curvature sub-batch 'curv{rows}' = {rows} rows. Cost = mean "
+          f"time of a hyper step (refreshes included) / one training gradient "
+          f"({unit * 1e3:.2f} ms); accuracy = cosine to the cold Neumann(10) / Neumann(20) "
+          f"hypergradient of the same step (mean, min).")
+    print(f"{'method':<26} {'GE amortised':>12} {'median':>7} {'cos N10 mean':>12} {'min':>7} "
+          f"{'cos N20 mean':>12} {'min':>7}")
+    for name in sorted(names, key=lambda n: rows_out[n]["ge_amortised"]):
+        r = rows_out[name]
+        print(f"{name:<26} {r['ge_amortised']:>12.2f} {r['ge_median']:>7.2f} "
+              f"{r['cos_neumann10_mean']:>12.4f} {r['cos_neumann10_min']:>7.4f} "
+              f"{r['cos_neumann20_mean']:>12.4f} {r['cos_neumann20_min']:>7.4f}")
+    warned = {name: counts for name, counts in caught.items() if counts}
+    print("warnings: " + ("; ".join(f"{name}: {_solver_warning_line(counts)}"
+                                     for name, counts in warned.items()) or "none"))
+    return {"methods": rows_out, "grad_seconds": unit, "curvature_rows": rows,
+            "warnings": warned}
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,6 +664,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="also print torch.profiler tables of ours and torchopt, Neumann at the "
                         "middle --steps value")
     p.add_argument("--json", metavar="PATH", help="write every number to this JSON file")
+    p.add_argument("--trajectory-steps", type=int, default=20,
+                   help="hyper steps of the trajectory section (0: skip it)")
+    p.add_argument("--trajectory-only", action="store_true",
+                   help="run only the trajectory section")
+    p.add_argument("--trajectory-warmup", type=int, default=2, help="untimed hyper steps first")
+    p.add_argument("--trajectory-pool", type=int, default=8192,
+                   help="training examples the trajectory draws its batches from")
+    p.add_argument("--inner", type=int, default=10, help="Adam steps between hyper steps")
+    p.add_argument("--trajectory-lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--trajectory-hyper-lr", type=float, default=1e-2,
+                   help="RMSprop learning rate of the hyperparameters")
+    p.add_argument("--curvature-fraction", type=int, default=4,
+                   help="the curvature sub-batch is 1 / this of the batch")
     args = p.parse_args(argv)
     if min(args.steps) < 1 or min(args.memory_steps) < 1:
         p.error("--steps and --memory-steps must be >= 1")
@@ -561,6 +750,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"ours stops there, torchopt's goes on, so CG with i > {cg_ok} is not the same "
               "work (try another --seed)")
 
+    targets: dict[str, bool] = {}
+    if not args.trajectory_only:
+        targets = fixed_point_sections(problem, args, device, steps, use_torchopt, report,
+                                       solver_warnings, resident)
+    if args.trajectory_steps > 0:  # last: it moves the weights and hyperparameters
+        report["trajectory"] = trajectory(problem, args, device)
+
+    report["solver_warnings"] = dict(solver_warnings)
+    report["targets"] = targets
+    report["wall_s"] = time.perf_counter() - wall
+    print("\nwarnings, all sections: " + _solver_warning_line(solver_warnings))
+    print(f"total wall time {report['wall_s']:.1f} s")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=1)
+        print(f"wrote {args.json}")
+    return report
+
+
+
+def fixed_point_sections(problem: Problem, args: argparse.Namespace, device: torch.device,
+                         steps: list[int], use_torchopt: bool, report: dict,
+                         solver_warnings: dict[str, int], resident: int) -> dict[str, bool]:
+    """Sections 1-3 at the pretrained weights: agreement, cost, memory; returns the targets."""
     # -- methods ---------------------------------------------------------------------------
     methods: dict[str, Callable[[], Tensors]] = {"grad": train_gradient(problem)}
     for i in steps:
@@ -732,17 +945,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     if args.profile:
         report["profile"] = profile_tables(problem, methods, steps[len(steps) // 2], use_torchopt)
-
-    report["solver_warnings"] = dict(solver_warnings)
-    report["targets"] = targets
-    report["wall_s"] = time.perf_counter() - wall
-    print("\nwarnings, all sections: " + _solver_warning_line(solver_warnings))
-    print(f"total wall time {report['wall_s']:.1f} s")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=1)
-        print(f"wrote {args.json}")
-    return report
+    return targets
 
 
 def profile_tables(problem, methods, i, use_torchopt) -> dict[str, str]:

@@ -19,6 +19,7 @@ hypergradient costs about ``steps + 3`` backward passes and its memory does not 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -26,11 +27,13 @@ from torch import Tensor
 
 from optuna_ift.hypergrad._solvers import HVP, Neumann, Solver, check_solver
 
-__all__ = ["as_tensors", "check_scalar", "grad_keeping_graph", "hypergradient",
-           "train_gradient_hvp"]
+__all__ = ["as_tensors", "check_scalar", "grad_keeping_graph", "hypergradient", "lazy_hvp",
+           "reduced_hvp", "train_gradient_hvp", "vjp_through"]
 
 
-def as_tensors(name: str, tensors: Sequence[Tensor] | Tensor) -> tuple[Tensor, ...]:
+def as_tensors(name: str, tensors: Sequence[Tensor] | Tensor, *, need_grad: bool = True
+               ) -> tuple[Tensor, ...]:
+    """``tensors`` as a non-empty tuple of tensors (that require grad, if ``need_grad``)."""
     if isinstance(tensors, Tensor):
         tensors = (tensors,)
     tensors = tuple(tensors)
@@ -39,7 +42,7 @@ def as_tensors(name: str, tensors: Sequence[Tensor] | Tensor) -> tuple[Tensor, .
     for k, t in enumerate(tensors):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}[{k}] must be a torch.Tensor, got {type(t).__name__}")
-        if not t.requires_grad:
+        if need_grad and not t.requires_grad:
             raise ValueError(
                 f"{name}[{k}] does not require grad; every tensor in {name} must be a leaf or "
                 "intermediate that the losses were computed from with requires_grad=True"
@@ -74,6 +77,11 @@ def train_gradient_hvp(
 ) -> tuple[tuple[Tensor, ...], HVP]:
     """Build the graph of ``dL_T/dw`` once and a Hessian-vector product that reuses it.
 
+    The HVP also has ``hvp.batched(vs)``: ``H`` times each of a batch of vectors (every tensor
+    of ``vs`` with a leading batch dimension) in one backward pass, vectorised by
+    ``torch.autograd.grad(is_grads_batched=True)`` (``torch.func.vmap``); it falls back to one
+    product at a time where vmap has no batching rule.
+
     Returns:
         ``(gradient, hvp)``: the training gradient (with its graph) and ``hvp(v) = H v``.
     """
@@ -83,18 +91,71 @@ def train_gradient_hvp(
     )
 
     def hvp(v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        return _vjp(gradient, v, params)
+        return vjp_through(gradient, v, params)
 
+    hvp.batched = (  # type: ignore[attr-defined]
+        lambda vs: _batched_vjp(gradient, vs, params, hvp))
     return gradient, hvp
 
 
-def _vjp(gradient: tuple[Tensor, ...], v: Sequence[Tensor], inputs: tuple[Tensor, ...]):
-    """``v . d(gradient)/d(inputs)`` through the graph of ``gradient``, keeping it."""
+def lazy_hvp(loss: Tensor, params: Sequence[Tensor]) -> HVP:
+    """:func:`train_gradient_hvp`'s HVP (``batched`` included), with the graph of
+    ``dloss/dw`` built at the first product only: a solver that needs no product (a fresh
+    :class:`~optuna_ift.hypergrad.Nystrom` sketch) costs no backward pass."""
+    params = tuple(params)
+    built: list[HVP] = []
+
+    def get() -> HVP:
+        if not built:
+            built.append(train_gradient_hvp(loss, params)[1])
+        return built[0]
+
+    def hvp(v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return get()(v)
+
+    hvp.batched = lambda vs: get().batched(vs)  # type: ignore[attr-defined]
+    return hvp
+
+
+def reduced_hvp(hvp: HVP, reduce: Callable[[tuple[Tensor, ...]], Sequence[Tensor]]) -> HVP:
+    """``hvp`` followed by ``reduce`` (data-parallel mean), keeping ``batched``."""
+    def reduced(v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return tuple(reduce(tuple(hvp(v))))
+
+    many = getattr(hvp, "batched", None)
+    if many is not None:
+        reduced.batched = lambda vs: tuple(reduce(tuple(many(vs))))  # type: ignore[attr-defined]
+    return reduced
+
+
+def vjp_through(gradient: tuple[Tensor, ...], v: Sequence[Tensor], inputs: tuple[Tensor, ...]
+                ) -> tuple[Tensor, ...]:
+    """``v . d(gradient)/d(inputs)`` through the graph of ``gradient``, keeping it (the HVP
+    when ``inputs`` are the weights, the mixed product when they are the hyperparameters)."""
     # Entries without a graph are constant in everything: their products are zero.
     live = [k for k, g in enumerate(gradient) if g.requires_grad]
     if not live:
         return tuple(torch.zeros_like(x) for x in inputs)
     return grad_keeping_graph([gradient[k] for k in live], inputs, [v[k].detach() for k in live])
+
+
+def _batched_vjp(gradient: tuple[Tensor, ...], vs: Sequence[Tensor],
+                 inputs: tuple[Tensor, ...], one: HVP) -> tuple[Tensor, ...]:
+    """:func:`vjp_through` for a batch of vectors (leading dimension) in one vectorised backward."""
+    live = [k for k, g in enumerate(gradient) if g.requires_grad]
+    count = vs[0].shape[0]
+    if not live:
+        return tuple(x.new_zeros((count, *x.shape)) for x in inputs)
+    try:
+        with warnings.catch_warnings():  # "performance drop" warnings of vmap fallbacks
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.autograd.grad([gradient[k] for k in live], inputs,
+                                       [vs[k].detach() for k in live], retain_graph=True,
+                                       allow_unused=True, materialize_grads=True,
+                                       is_grads_batched=True)
+    except RuntimeError:  # an operator without a batching rule: one product at a time
+        columns = [one(tuple(v[j] for v in vs)) for j in range(count)]
+        return tuple(torch.stack(parts) for parts in zip(*columns))
 
 
 def hypergradient(
@@ -103,8 +164,9 @@ def hypergradient(
     params: Sequence[Tensor],
     hparams: Sequence[Tensor],
     *,
-    solver: Solver = Neumann(),
+    solver: Solver = Neumann(),  # noqa: B008 (frozen, immutable)
     reduce: Callable[[tuple[Tensor, ...]], Sequence[Tensor]] | None = None,
+    curvature_loss: Tensor | None = None,
 ) -> tuple[Tensor, ...]:
     """The implicit hypergradient ``dL_V/dlambda`` at the current weights.
 
@@ -124,6 +186,11 @@ def hypergradient(
             tensor over the processes (an all-reduce). The validation gradient and direct
             term, every Hessian-vector product and the mixed product are reduced, so each
             process gets the hypergradient of the losses averaged over processes.
+        curvature_loss: The loss whose Hessian the solver inverts, when it is not
+            ``train_loss``: typically the training loss on a sub-batch of the training batch
+            (curvature is smoother than gradients, so fewer examples do). Its graph of
+            ``dL/dw`` is built at the solver's first HVP only. The mixed product stays on
+            ``train_loss``.
 
     Returns:
         A tuple of detached tensors shaped like ``hparams``. A hyperparameter that reaches
@@ -148,12 +215,14 @@ def hypergradient(
     v1, direct = both[: len(params)], both[len(params):]
 
     gradient, local_hvp = train_gradient_hvp(train_loss, params)
-    hvp = local_hvp if reduce is None else (lambda v: tuple(reduce(local_hvp(v))))
+    if curvature_loss is not None:
+        local_hvp = lazy_hvp(check_scalar("curvature_loss", curvature_loss), params)
+    hvp = local_hvp if reduce is None else reduced_hvp(local_hvp, reduce)
     v2 = tuple(solver(hvp, v1))
     if len(v2) != len(params):
         raise ValueError(f"solver returned {len(v2)} tensors for {len(params)} weights")
 
-    mixed = _vjp(gradient, v2, hparams)
+    mixed = vjp_through(gradient, v2, hparams)
     if reduce is not None:
         mixed = tuple(reduce(tuple(mixed)))
     return tuple((d - m).detach() for d, m in zip(direct, mixed))

@@ -9,7 +9,10 @@ optimizer along the implicit hypergradient. What it adds to
 - ``Neumann(alpha="auto")`` estimates the top eigenvalue of the training Hessian only every
   ``alpha_every`` steps and reuses it in between; when a series with the cached ``alpha``
   diverges the estimate is refreshed at once and the series solved again if the curvature grew;
-- its state (the hyper optimizer's, the cached ``alpha``, the counts) is one ``state_dict``.
+- a solver that carries state across hyper steps (``WarmNeumann``, ``WarmConjugateGradient``,
+  ``Nystrom``) gets its :class:`~optuna_ift.hypergrad.SolverState` here, kept from step to step;
+- its state (the hyper optimizer's, the cached ``alpha``, the solver's state, the counts) is
+  one ``state_dict``, so a resumed run continues exactly.
 
 :class:`~optuna_ift.HyperTrainer` is the loop around this object; the Lightning callback and a
 hand-written loop use the same one.
@@ -34,7 +37,9 @@ from optuna_ift.hypergrad import (
     Neumann,
     NeumannDivergenceWarning,
     Solver,
+    SolverState,
     hypergradient,
+    is_stateful,
     power_iteration,
 )
 from optuna_ift.hypergrad import (
@@ -175,6 +180,9 @@ class HyperStep:
         self.skipped = 0  #: non-finite hypergradients skipped
         self.alpha: float | None = None  #: the cached ``alpha`` of ``Neumann(alpha="auto")``
         self.alpha_refreshes = 0  #: times a stale ``alpha`` was re-estimated early
+        #: The state of a stateful solver (``None`` for the others).
+        self.solver_state: SolverState | None = (solver.new_state() if is_stateful(solver)
+                                                 else None)
 
     # -- the hypergradient -------------------------------------------------------------------
 
@@ -198,6 +206,8 @@ class HyperStep:
         curvature and the cut-off series stands, with its warning.
         """
         solver = self.solver
+        if self.solver_state is not None:
+            return solver(hvp, v, state=self.solver_state)
         if not self._auto_alpha():
             return solver(hvp, v)
         if self.alpha is None or self.steps % self.alpha_every == 0:
@@ -237,14 +247,20 @@ class HyperStep:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return result, diverged
 
-    def hypergradient(self, train_loss: Tensor, val_loss: Tensor) -> tuple[Tensor, ...]:
-        """The implicit hypergradient at the current weights, without applying it."""
+    def hypergradient(self, train_loss: Tensor, val_loss: Tensor, *,
+                      curvature_loss: Tensor | None = None) -> tuple[Tensor, ...]:
+        """The implicit hypergradient at the current weights, without applying it.
+
+        ``curvature_loss`` (e.g. the training loss on a sub-batch) is the loss whose Hessian
+        is inverted, when it is not ``train_loss`` (see :func:`optuna_ift.hypergradient`).
+        """
         if isinstance(self.solver, Unrolled):
             raise TypeError("solver=Unrolled needs the loss functions and batches, not two "
                             "loss tensors: use HyperTrainer, or apply an "
                             "unrolled_hypergradient yourself with HyperStep.apply")
         return hypergradient(val_loss, train_loss, self.weights, self.hyperparameters,
-                             solver=self.solve, reduce=self.reduce)
+                             solver=self.solve, reduce=self.reduce,
+                             curvature_loss=curvature_loss)
 
     # -- the step ----------------------------------------------------------------------------
 
@@ -277,18 +293,21 @@ class HyperStep:
                             self.steps, self.skipped)
         return record
 
-    def __call__(self, train_loss: Tensor, val_loss: Tensor) -> dict[str, float]:
+    def __call__(self, train_loss: Tensor, val_loss: Tensor, *,
+                 curvature_loss: Tensor | None = None) -> dict[str, float]:
         """One hyper step from the two losses at the current weights.
 
         Args:
             train_loss: Scalar training loss with its graph (training mode, regularisers
                 included), computed from the weights and the hyperparameters.
             val_loss: Scalar validation loss with its graph (usually in eval mode).
+            curvature_loss: Optional scalar loss whose Hessian is inverted instead of
+                ``train_loss``'s (e.g. the training loss on a sub-batch).
 
         Returns:
             The step's record (see :meth:`apply`).
         """
-        grads = self.hypergradient(train_loss, val_loss)
+        grads = self.hypergradient(train_loss, val_loss, curvature_loss=curvature_loss)
         losses = (train_loss.detach().reshape(()), val_loss.detach().reshape(()))
         if self.reduce is not None:
             losses = tuple(self.reduce(losses))
@@ -299,10 +318,18 @@ class HyperStep:
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "steps": self.steps,
                 "skipped": self.skipped, "alpha": self.alpha,
-                "alpha_refreshes": self.alpha_refreshes}
+                "alpha_refreshes": self.alpha_refreshes,
+                "solver_state": (None if self.solver_state is None
+                                 else self.solver_state.state_dict())}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps, self.skipped = int(state["steps"]), int(state["skipped"])
         self.alpha = state["alpha"]
         self.alpha_refreshes = int(state["alpha_refreshes"])
+        saved = state.get("solver_state")  # absent in checkpoints of older versions
+        if self.solver_state is not None:
+            if saved is None:
+                self.solver_state.reset()  # the checkpoint's solver kept none: start cold
+            else:
+                self.solver_state.load_state_dict(saved)

@@ -45,6 +45,7 @@ from optuna_ift.trainer._data import (
     TensorBatches,
     as_source,
     batch_size_of,
+    map_tensors,
     move_batch,
     tensors_of,
 )
@@ -252,6 +253,11 @@ class HyperTrainer:
         val_batches: Validation batches averaged into each hypergradient (k).
         warmup_steps: Weight steps before the first hyper step.
         alpha_every: How often ``Neumann(alpha="auto")`` re-estimates the eigenvalue.
+        hessian_batch_size: Invert the Hessian of the training loss on only the first this
+            many examples of the hyper step's training batch (curvature on a sub-batch: HVPs
+            cost less, and with ``Nystrom`` a sketch's graph is built only when it is
+            refreshed); the mixed product uses the whole batch. ``None``: the whole batch.
+            Buffers (BatchNorm statistics) are left as the sub-batch found them.
         eval_data: Named data sets to evaluate (``{"val": ..., "test": ...}``): tensors, a
             ``DataLoader`` or any iterable of batches, one whole pass each time. Their loss
             is ``val_loss`` and, if given, their ``metric``.
@@ -294,6 +300,7 @@ class HyperTrainer:
         val_batches: int = 1,
         warmup_steps: int = 0,
         alpha_every: int = 50,
+        hessian_batch_size: int | None = None,
         eval_data: Mapping[str, Any] | None = None,
         eval_every: int | None = None,
         metric: LossFn | None = None,
@@ -348,6 +355,8 @@ class HyperTrainer:
         self.inner_steps = check_int("inner_steps", inner_steps, 1)
         self.val_batches = check_int("val_batches", val_batches, 1)
         self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
+        self.hessian_batch_size = (None if hessian_batch_size is None
+                                   else check_int("hessian_batch_size", hessian_batch_size, 1))
         if eval_every is not None:
             check_int("eval_every", eval_every, 1)
         if eval_data is not None and not isinstance(eval_data, Mapping):
@@ -535,13 +544,32 @@ class HyperTrainer:
         else:
             batch, _ = self._next_train()
             self.model.train()
-            record = self.hyper(self.train_loss_fn(self.model, batch), self._val_loss())
+            curvature = None if self.hessian_batch_size is None else self._curvature_loss(batch)
+            record = self.hyper(self.train_loss_fn(self.model, batch), self._val_loss(),
+                                curvature_loss=curvature)
         record = {**record, "hyper_step": self.hyper_step + 1, "weight_step": self.weight_step}
         self.hyper_step += 1
         if self.hyper is not None:
             self.history.skipped = self.hyper.skipped
+            if isinstance(self.weight_optimizer, torch.optim.LBFGS):
+                # Its curvature pairs describe the training loss of the old hyperparameters:
+                # kept, they can stall the next line search.
+                self.weight_optimizer.state.clear()
         self.history.hyper_steps.append(record)
         return record
+
+    def _curvature_loss(self, batch: Batch) -> Tensor:
+        """The training loss on the first ``hessian_batch_size`` examples of ``batch``, with
+        the model's buffers (BatchNorm statistics) restored after its forward pass."""
+        size = self.hessian_batch_size
+        sub = map_tensors(lambda t: t[:size] if t.dim() > 0 else t, batch)
+        buffers = [b.clone() for b in self.model.buffers()]
+        loss = _check_loss("train_loss", self.train_loss_fn(self.model, sub))
+        with torch.no_grad():  # only changed ones: a buffer saved for backward must stay as is
+            for b, saved in zip(self.model.buffers(), buffers):
+                if not torch.equal(b, saved):
+                    b.copy_(saved)
+        return loss
 
     def _unrolled_hypergradient(self) -> tuple[tuple[Tensor, ...], float, float]:
         names = {id(p): n for n, p in self.model.named_parameters()}
