@@ -3,6 +3,7 @@ inside a trial (pruning, learned tensors and checkpoints as artifacts, warm star
 
 from __future__ import annotations
 
+from optuna_ift.integration._compat import SUPPORTED_OPTUNA, OptunaVersionWarning
 from optuna_ift.integration._distributed import (
     LeaderError,
     broadcast_object,
@@ -44,9 +45,11 @@ __all__ = [
     "ATTR_RESUMED_FROM",
     "ATTR_WARM_START",
     "DEFAULT_REFINED_ATTR_PREFIX",
+    "SUPPORTED_OPTUNA",
     "HybridSampler",
     "IFTPruningCallback",
     "LeaderError",
+    "OptunaVersionWarning",
     "broadcast_object",
     "create_storage",
     "learned_hyperparameters",

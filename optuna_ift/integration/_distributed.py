@@ -23,6 +23,7 @@ import optuna
 import torch
 
 from optuna_ift._validation import ArgumentKindError
+from optuna_ift.integration._compat import wrapped_trial
 
 __all__ = ["LeaderError", "TrialLink", "broadcast_object", "broken_group",
            "is_distributed_trial", "optimize_distributed"]
@@ -108,7 +109,7 @@ class TrialLink:
             self.world = torch.distributed.get_world_size()
             self.leader = torch.distributed.get_rank() == 0
             # TorchDistributedTrial keeps rank 0's trial and offers no accessor for it.
-            self.optuna_trial = trial._delegate if self.leader else None
+            self.optuna_trial = wrapped_trial(trial) if self.leader else None
             if self.leader and not isinstance(self.optuna_trial, optuna.Trial):
                 raise TypeError("the TorchDistributedTrial of rank 0 must wrap an "
                                 "optuna.Trial (the one study.optimize passes)")

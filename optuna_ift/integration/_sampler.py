@@ -20,8 +20,16 @@ the parameter's distribution: clipped into its range, snapped to its step, round
 integer for ``IntDistribution`` (in log space for log-scaled ones); categorical parameters are
 never refined. The storage is never written: ``study.trials`` still holds the sampled values.
 
-The rewritten trials are built once per finished trial and cached (finished trials cannot
-change), so a query costs one dictionary look-up per trial on top of the base query.
+The view is the one part of the sampler that needs Optuna's internals (Optuna's samplers read
+trials through the private ``Study._get_trials``); it is made by
+:func:`optuna_ift.integration._compat.study_view`, and this module uses only Optuna's public
+API. The Lamarckian view is experimental: the first time a sampler shows a refined value in
+place of a sampled one it emits an ``optuna.exceptions.ExperimentalWarning``, until a
+benchmark (``benchmarks/bench_hybrid.py``) shows that it helps.
+
+The rewritten trials are built once per finished trial object and cached (finished trials
+cannot change, and Optuna's storages hand out the same object for a finished trial each time),
+so a query costs one dictionary look-up per trial on top of the base query.
 """
 
 from __future__ import annotations
@@ -32,8 +40,9 @@ import logging
 import math
 import numbers
 import threading
+import warnings
 import weakref
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -48,6 +57,7 @@ from optuna.study import Study
 from optuna.trial import BaseTrial, FrozenTrial, TrialState
 
 from optuna_ift._validation import ArgumentKindError
+from optuna_ift.integration._compat import study_view
 
 __all__ = ["DEFAULT_REFINED_ATTR_PREFIX", "HybridSampler", "record_refined", "refined_key"]
 
@@ -57,6 +67,14 @@ _logger = logging.getLogger(__name__)
 DEFAULT_REFINED_ATTR_PREFIX = "ift:refined:"
 
 _MAX_SEED = 2**32 - 1  # the seeds a NumPy ``RandomState`` (TPESampler's) accepts
+
+
+def _forget(cache: dict[int, Any], key: int, ref: weakref.ref[Any]) -> None:
+    """Drop ``cache[key]`` when the trial that ``ref`` referred to is gone (unless the entry
+    is already another's)."""
+    entry = cache.get(key)
+    if entry is not None and entry[0] is ref:
+        cache.pop(key, None)
 
 
 def refined_key(name: str, *, prefix: str = DEFAULT_REFINED_ATTR_PREFIX) -> str:
@@ -165,37 +183,6 @@ def _fit_to_distribution(value: float, distribution: BaseDistribution) -> float 
     return None
 
 
-@functools.cache
-@functools.lru_cache(maxsize=None)
-def _view_class(study_class: type) -> type:
-    """A subclass of ``study_class`` whose trial queries show refined parameter values (one
-    class per study class, made once)."""
-
-    class RefinedStudyView(study_class):  # type: ignore[misc, valid-type]
-        # A slot, so that the sampler lives beside the shared ``__dict__``, not in it.
-        __slots__ = ("_hybrid_sampler",)
-
-        def _get_trials(
-            self,
-            deepcopy: bool = True,
-            states: Container[TrialState] | None = None,
-            use_cache: bool = False,
-        ) -> list[FrozenTrial]:
-            trials = super()._get_trials(deepcopy=False, states=states, use_cache=use_cache)
-            trials = self._hybrid_sampler._refine_all(self, trials)
-            return copy.deepcopy(trials) if deepcopy else trials
-
-        def _get_best_trial(self, deepcopy: bool) -> FrozenTrial:
-            best = self._hybrid_sampler.refine(super()._get_best_trial(deepcopy=False),
-                                               study=self)
-            return copy.deepcopy(best) if deepcopy else best
-
-    RefinedStudyView.__name__ = RefinedStudyView.__qualname__ = (
-        f"RefinedStudyView[{study_class.__name__}]"
-    )
-    return RefinedStudyView
-
-
 class HybridSampler(BaseSampler):
     """Wraps any Optuna sampler so that it learns from hypergradient-refined parameter values.
 
@@ -207,6 +194,12 @@ class HybridSampler(BaseSampler):
     rounded to an integer for ``IntDistribution``, in log space for log-scaled integers;
     categorical parameters are never refined). Trials without refined values are unchanged,
     and the storage is never written: ``study.trials`` keeps the sampled values.
+
+    Warning:
+        The Lamarckian view is experimental: the first time a sampler shows its base sampler
+        a refined value in place of a sampled one, it emits an
+        ``optuna.exceptions.ExperimentalWarning``. A study whose trials record no refined
+        values (the base sampler then sees the study as it is) emits nothing.
 
     Note:
         Replacing sampled values by refined ones narrows the region the base sampler has
@@ -278,11 +271,11 @@ class HybridSampler(BaseSampler):
             )
         self._base_sampler = base_sampler
         self._prefix = refined_attr_prefix
-        # storage -> {trial_id: (number, datetime_complete, refined trial or None)}
-        self._cache: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, ...]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        # id(finished trial) -> (weak reference to it, its refined copy or None); an entry
+        # goes when its trial does, so an id is never taken for another trial's.
+        self._shown: dict[int, tuple[weakref.ref[FrozenTrial], FrozenTrial | None]] = {}
         self._lock = threading.Lock()
+        self._warned = False
 
     # -- public helpers -------------------------------------------------------------------
 
@@ -324,55 +317,60 @@ class HybridSampler(BaseSampler):
             refined[name] = fitted
         return refined
 
-    def refine(self, trial: FrozenTrial, *, study: Study | None = None) -> FrozenTrial:
+    def refine(self, trial: FrozenTrial) -> FrozenTrial:
         """The trial as the base sampler sees it.
 
         A finished trial that recorded refined values comes back as a shallow copy with those
         values in ``params``; any other trial comes back as it is. Do not modify the result.
+        The copy is made once per trial object and kept while the trial object lives.
+
+        The first refined copy that a sampler makes emits an
+        ``optuna.exceptions.ExperimentalWarning`` (the Lamarckian view is experimental).
 
         Args:
             trial: A trial of the study.
-            study: The study (or its view); used to cache the result per storage.
         """
         if not trial.state.is_finished():
             return trial
-        storage = getattr(study, "_storage", None)
-        cache = self._storage_cache(storage) if storage is not None else None
-        if cache is not None:
-            hit = cache.get(trial._trial_id)
-            if hit is not None and hit[0] == trial.number and hit[1] == trial.datetime_complete:
-                return trial if hit[2] is None else hit[2]
+        key = id(trial)
+        hit = self._shown.get(key)
+        if hit is not None and hit[0]() is trial:
+            return trial if hit[1] is None else hit[1]
         refined_trial: FrozenTrial | None = None
-        if any(key.startswith(self._prefix) for key in trial.user_attrs):
+        if any(attr.startswith(self._prefix) for attr in trial.user_attrs):
             refined = self.refined_params(trial)
             if any(trial.params[name] != value for name, value in refined.items()):
                 refined_trial = copy.copy(trial)
-                refined_trial._params = {**trial.params, **refined}
-        if cache is not None:
-            with self._lock:
-                cache[trial._trial_id] = (trial.number, trial.datetime_complete, refined_trial)
+                refined_trial.params = {**trial.params, **refined}
+                self._warn_experimental()
+        try:
+            ref = weakref.ref(trial, functools.partial(_forget, self._shown, key))
+        except TypeError:  # a trial object that cannot be weakly referenced: no cache
+            return trial if refined_trial is None else refined_trial
+        with self._lock:
+            self._shown[key] = (ref, refined_trial)
         return trial if refined_trial is None else refined_trial
 
     # -- the view of the study ------------------------------------------------------------
 
-    def _storage_cache(self, storage: Any) -> dict[int, tuple[Any, ...]] | None:
-        try:
-            with self._lock:
-                return self._cache.setdefault(storage, {})
-        except TypeError:  # a storage that cannot be weakly referenced: no cache
-            return None
-
-    def _refine_all(self, study: Study, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-        return [self.refine(t, study=study) for t in trials]
+    def _warn_experimental(self) -> None:
+        with self._lock:
+            if self._warned:
+                return
+            self._warned = True
+        warnings.warn(
+            "HybridSampler is showing its base sampler the refined values that trials "
+            "recorded with record_refined instead of the sampled ones (the Lamarckian view). "
+            "This is an experimental feature: it has not been shown to help (on a toy problem "
+            "it made TPE worse; see benchmarks/bench_hybrid.py) and may change.",
+            optuna.exceptions.ExperimentalWarning, stacklevel=2,
+        )
 
     def _view(self, study: Study) -> Study:
         """The study as the base sampler sees it: the same object state, refined trials."""
-        if not isinstance(study, Study) or getattr(study, "_hybrid_sampler", None) is self:
+        if not isinstance(study, Study):
             return study
-        view = object.__new__(_view_class(type(study)))
-        view.__dict__ = study.__dict__  # shared, not copied: stop flag and caches stay one
-        view._hybrid_sampler = self  # a slot: the study's own __dict__ is not touched
-        return view
+        return study_view(study, owner=self, show=self.refine)
 
     # -- the hooks, all passed through ----------------------------------------------------
 

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from optuna_ift._validation import ArgumentKindError, check_int
 from optuna_ift.hyperparams import HyperParameter, WeightDecay
+from optuna_ift.integration._compat import HeartbeatJournalStorage, trial_id
 from optuna_ift.integration._distributed import TrialLink, is_distributed_trial
 from optuna_ift.trainer import Callback, HyperTrainer
 
@@ -149,7 +150,7 @@ def _set_user_attr(trial: optuna.Trial | FrozenTrial, storage: Any, key: str,
     if isinstance(trial, optuna.Trial):
         trial.set_user_attr(key, value)
     else:
-        storage.set_trial_user_attr(trial._trial_id, key, value)
+        storage.set_trial_user_attr(trial_id(trial), key, value)
         trial.user_attrs[key] = value
 
 
@@ -494,7 +495,7 @@ def retry_history(trial: optuna.Trial | FrozenTrial) -> list[int]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.simplefilter("ignore", FutureWarning)
         frozen = trial if isinstance(trial, FrozenTrial) else _Attrs(
-            trial.storage.get_trial_system_attrs(trial._trial_id))
+            trial.storage.get_trial_system_attrs(trial_id(trial)))
         history = list(_RETRY_CALLBACK.retry_history(frozen))
         first = _RETRY_CALLBACK.retried_trial_number(frozen)
     if first is not None and not history:
@@ -715,67 +716,8 @@ def run_trainer(
 
 # -- storages with heartbeats ------------------------------------------------------------------
 
-#: System attribute in which :class:`_HeartbeatJournalStorage` records a trial's heartbeat.
-_HEARTBEAT_ATTR = "ift:heartbeat"
-
-try:  # Optuna's heartbeat protocol (stable since Optuna 2.9, but in a private module)
-    from optuna.storages._heartbeat import BaseHeartbeat as _BaseHeartbeat
-except ImportError:  # pragma: no cover
-    _BaseHeartbeat = None
-
-
-if _BaseHeartbeat is not None:
-
-    class _HeartbeatJournalStorage(optuna.storages.JournalStorage, _BaseHeartbeat):
-        """A journal storage with Optuna's heartbeat protocol, which ``JournalStorage`` lacks.
-
-        The heartbeat is a trial system attribute (a Unix time) written every
-        ``heartbeat_interval`` seconds by Optuna's heartbeat thread; a running trial whose last
-        heartbeat (or start, before the first) is older than ``grace_period`` seconds is stale,
-        and ``study.optimize`` fails it and calls the stale-trial callback, as with
-        :class:`optuna.storages.RDBStorage`. Journal replay makes failing a trial atomic: when
-        two workers fail the same trial, one of them gets ``UpdateFinishedTrialError``, which
-        Optuna ignores, so the trial is retried once. The workers' clocks must agree (one
-        machine, or NTP) since the time is compared across processes.
-        """
-
-        def __init__(self, backend: Any, *, heartbeat_interval: int, grace_period: int | None,
-                     heartbeat_stale_trial_callback: Any) -> None:
-            super().__init__(backend)
-            self.heartbeat_interval = heartbeat_interval
-            self.grace_period = grace_period or 2 * heartbeat_interval
-            self._stale_callback = heartbeat_stale_trial_callback
-
-        def record_heartbeat(self, trial_id: int) -> None:
-            import time
-
-            try:
-                self.set_trial_system_attr(trial_id, _HEARTBEAT_ATTR, time.time())
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # another worker already failed it as stale
-
-        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-            import time
-
-            now = time.time()
-            stale = []
-            for trial in self.get_all_trials(study_id, deepcopy=False,
-                                             states=(TrialState.RUNNING,)):
-                last = trial.system_attrs.get(_HEARTBEAT_ATTR)
-                if last is None and trial.datetime_start is not None:
-                    last = trial.datetime_start.timestamp()
-                if last is not None and now - float(last) > self.grace_period:
-                    stale.append(trial._trial_id)
-            return stale
-
-        def get_heartbeat_interval(self) -> int | None:
-            return self.heartbeat_interval
-
-        def get_heartbeat_stale_trial_callback(self) -> Any:
-            return self._stale_callback
-
-        def get_failed_trial_callback(self) -> Any:  # the name before Optuna 4.9
-            return self._stale_callback
+# A journal storage has no heartbeats of its own: HeartbeatJournalStorage (in _compat, since
+# Optuna's heartbeat protocol is private) gives it Optuna's.
 
 
 #: ``?password=...`` (and its spellings) in a URL's query, which libpq and others accept.
@@ -970,8 +912,8 @@ def create_storage(
 
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     backend = JournalFileBackend(url)
-    if heartbeat_interval is None or _BaseHeartbeat is None:
+    if heartbeat_interval is None:
         return optuna.storages.JournalStorage(backend)
-    return _HeartbeatJournalStorage(backend, heartbeat_interval=heartbeat_interval,
-                                    grace_period=grace_period,
-                                    heartbeat_stale_trial_callback=callback)
+    return HeartbeatJournalStorage(backend, heartbeat_interval=heartbeat_interval,
+                                   grace_period=grace_period,
+                                   heartbeat_stale_trial_callback=callback)
