@@ -60,6 +60,7 @@ import torch.nn.functional as F
 
 from optuna_ift import (
     ConjugateGradient,
+    Identity,
     Neumann,
     NeumannDivergenceWarning,
     NonPositiveCurvatureWarning,
@@ -354,6 +355,7 @@ def trajectory_methods(problem: Problem, alpha: Callable[[], float], rows: int
         return run
 
     methods: dict[str, Callable[[], Tensors]] = {}
+    methods["identity"] = tensor_api(Identity)  # no HVP: the floor of cost and accuracy
     for i in (1, 2, 3, 5, 10):
         methods[f"neumann-{i}"] = tensor_api(cold(i))
     for i in (1, 2, 3):
@@ -362,6 +364,9 @@ def trajectory_methods(problem: Problem, alpha: Callable[[], float], rows: int
         methods[f"warm-cg-{i}"] = warm(WarmConjugateGradient(steps=i, tol=0.0))
     for rank, every in ((10, 10), (20, 10), (20, 5)):
         methods[f"nystrom-{rank}/{every}"] = warm(Nystrom(rank=rank, refresh_every=every))
+    for rank, every in ((5, 10), (10, 10), (20, 20)):  # the sketch's HVPs one by one
+        methods[f"nystrom-{rank}/{every} unbatched"] = warm(
+            Nystrom(rank=rank, refresh_every=every, batched=False))
     methods[f"warm-neumann-1 curv{rows}"] = warm(WarmNeumann(steps=1), rows)
     methods[f"warm-neumann-2 curv{rows}"] = warm(WarmNeumann(steps=2), rows)
     methods[f"nystrom-20/10 curv{rows}"] = warm(Nystrom(rank=20, refresh_every=10), rows)

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optuna_ift import ConjugateGradient, Neumann
+from optuna_ift import ConjugateGradient, Identity, Neumann
 from optuna_ift.hypergrad import Nystrom, WarmConjugateGradient, WarmNeumann
 from optuna_ift.hyperparams import WeightDecay
 from optuna_ift.trainer import HyperTrainer, resolve_device
@@ -99,7 +99,8 @@ def mixture(n: int, generator: torch.Generator, device: torch.device):
     return x.to(device), y.to(device)
 
 
-SOLVERS = {"neumann": lambda k: Neumann(steps=k, alpha="auto"),
+SOLVERS = {"identity": lambda: Identity(),
+           "neumann": lambda k: Neumann(steps=k, alpha="auto"),
            "cg": lambda k: ConjugateGradient(steps=k),
            "warm-neumann": lambda k: WarmNeumann(steps=k),
            "warm-cg": lambda k: WarmConjugateGradient(steps=k),
@@ -108,13 +109,13 @@ SOLVERS = {"neumann": lambda k: Neumann(steps=k, alpha="auto"),
 
 def solver_options(spec: str) -> dict:
     """``HyperTrainer`` options of a solver spec: ``default`` (the trainer's own defaults),
-    ``neumann:5``, ``warm-neumann:1``, ``warm-cg:2``, ``nystrom:20:10`` (rank, refresh), each
+    ``identity`` (no HVP: the floor of a hyper step's cost), ``neumann:5``, ``warm-neumann:1``, ``warm-cg:2``, ``nystrom:20:10`` (rank, refresh), each
     optionally followed by ``@rows``, the ``hessian_batch_size``."""
     name, _, rows = spec.partition("@")
     options: dict = {} if not rows else {"hessian_batch_size": int(rows)}
     if name != "default":
         kind, *numbers = name.split(":")
-        if kind not in SOLVERS or not numbers:
+        if kind not in SOLVERS or (not numbers and kind != "identity"):
             raise SystemExit(f"--solvers: unknown spec {spec!r}; e.g. default, neumann:5, "
                              f"warm-neumann:1@32, nystrom:20:10 (kinds {sorted(SOLVERS)})")
         options["solver"] = SOLVERS[kind](*map(int, numbers))

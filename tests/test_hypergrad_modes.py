@@ -193,3 +193,89 @@ def test_bad_modes_name_the_argument():
                                  mixed="forward")
     with pytest.raises(ValueError, match="params"):
         functional_hvp(lambda ws: ws, (), mode="reverse")
+
+
+# --- in the trainer ---------------------------------------------------------------------------
+
+
+def mode_trainer(model, data, **kwargs):
+    from optuna_ift.trainer import HyperTrainer
+
+    x, y, xv, yv = data
+    options = dict(train_loss=lambda m, b: F.cross_entropy(m(b[0]), b[1]) + m.penalty(),
+                   val_loss=lambda m, b: F.cross_entropy(m(b[0]), b[1]), train_data=(x, y),
+                   val_data=(xv, yv), batch_size=len(x), inner_steps=2, device="cpu",
+                   weight_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                   hyper_optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+                   solver=Neumann(steps=3, alpha=0.1), progress=False, seed=0)
+    options.update(kwargs)
+    return HyperTrainer(model, **options)
+
+
+class DecayedBatchNormNet(BatchNormNet):
+    def __init__(self) -> None:
+        super().__init__()
+        from optuna_ift.hyperparams import HyperParameter
+
+        self.log_decay = HyperParameter(torch.full((4, 1, 3, 3), -2.0))
+
+    def penalty(self):
+        return (self.log_decay.exp() * self.body[0].weight ** 2).sum() / 2
+
+
+def batchnorm_data():
+    g = torch.Generator().manual_seed(7)
+    x, xv = (torch.randn(32, 1, 6, 6, generator=g, dtype=torch.float64) for _ in range(2))
+    return x, torch.randint(0, 3, (32,), generator=g), xv, torch.randint(0, 3, (32,), generator=g)
+
+
+@pytest.mark.parametrize(("hvp", "mixed"), [("finite_difference", "finite_difference"),
+                                            ("finite_difference", "reverse"),
+                                            ("reverse", "finite_difference")])
+def test_trainer_modes_give_the_reverse_hypergradient_and_leave_buffers_alone(hvp, mixed):
+    data = batchnorm_data()
+    runs = {}
+    for key, options in (("reverse", {}), ("mode", {"hvp_mode": hvp, "mixed_mode": mixed})):
+        torch.manual_seed(0)
+        trainer = mode_trainer(DecayedBatchNormNet().double(), data, **options)
+        trainer.fit(2)
+        runs[key] = trainer
+    a, b = runs["reverse"].model, runs["mode"].model
+    with torch.no_grad():  # what the two hyper steps moved, the same way
+        assert rel([b.log_decay + 2.0], [a.log_decay + 2.0]) < 1e-6
+    assert float((a.log_decay + 2.0).abs().max()) > 1e-3
+    # The extra evaluations ran on copies of the buffers: the same running statistics.
+    for name, buffer in a.named_buffers():
+        assert torch.allclose(buffer.double(), dict(b.named_buffers())[name].double(),
+                              rtol=0, atol=1e-12), name
+    records = [r["val_loss"] for r in runs["mode"].history.hyper_steps]
+    assert records == pytest.approx([r["val_loss"] for r in runs["reverse"].history.hyper_steps])
+
+
+def test_trainer_forward_mode_is_right_or_refused_on_batchnorm():
+    data = batchnorm_data()
+    torch.manual_seed(0)
+    reverse = mode_trainer(DecayedBatchNormNet().double(), data)
+    reverse.fit(1)
+    torch.manual_seed(0)
+    forward = mode_trainer(DecayedBatchNormNet().double(), data, hvp_mode="forward")
+    try:
+        forward.fit(1)
+    except ValueError as error:  # refused where forward over reverse is wrong
+        assert "forward" in str(error)
+    else:
+        with torch.no_grad():
+            assert rel([forward.model.log_decay + 2.0], [reverse.model.log_decay + 2.0]) < 1e-10
+
+
+def test_trainer_modes_are_checked():
+    data = batchnorm_data()
+    from optuna_ift.trainer import Unrolled
+
+    with pytest.raises(ValueError, match="hvp_mode must be one of"):
+        mode_trainer(DecayedBatchNormNet().double(), data, hvp_mode="sideways")
+    with pytest.raises(ValueError, match="mixed_mode must be one of"):
+        mode_trainer(DecayedBatchNormNet().double(), data, mixed_mode="forward")
+    with pytest.raises(ValueError, match="solver=Unrolled"):
+        mode_trainer(DecayedBatchNormNet().double(), data, hvp_mode="finite_difference",
+                     solver=Unrolled(steps=2, lr=0.1))

@@ -29,6 +29,7 @@ from optuna_ift.hypergrad._solvers import (
     Solver,
     check_alpha,
     check_solver,
+    divergence_caught,
     power_iteration,
 )
 from optuna_ift.hypergrad._stateful import (
@@ -59,6 +60,7 @@ __all__ = [
     "WarmNeumann",
     "check_alpha",
     "check_solver",
+    "divergence_caught",
     "finite_difference_step",
     "functional_hvp",
     "functional_hypergradient",

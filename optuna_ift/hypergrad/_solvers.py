@@ -49,6 +49,7 @@ __all__ = [
     "Solver",
     "check_alpha",
     "check_solver",
+    "divergence_caught",
     "power_iteration",
 ]
 
@@ -95,6 +96,23 @@ def check_alpha(name: str, value: object) -> float | Literal["auto"]:
 def _rounding_slack(v: tuple[Tensor, ...]) -> float:
     """A relative change below this is rounding, not growth, in the dtype of ``v``."""
     return math.sqrt(torch.finfo(v[0].dtype).eps)
+
+
+def divergence_caught(solve: Callable[[], tuple[Tensor, ...]]
+                      ) -> tuple[tuple[Tensor, ...], bool]:
+    """``(solve(), diverged)``: a :class:`NeumannDivergenceWarning` raised inside is held back
+    and reported as ``diverged`` (so the caller can warn with advice that fits it); every
+    other warning is shown as usual."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = solve()
+    diverged = False
+    for w in caught:
+        if issubclass(w.category, NeumannDivergenceWarning):
+            diverged = True
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result, diverged
 
 
 def power_iteration(hvp: HVP, v: tuple[Tensor, ...], *, steps: int = 5) -> Tensor:

@@ -44,6 +44,7 @@ from optuna_ift.hypergrad._solvers import (
     NeumannDivergenceWarning,
     Solver,
     check_alpha,
+    divergence_caught,
     power_iteration,
 )
 
@@ -148,6 +149,15 @@ def _counted(hvp: HVP, state: SolverState) -> HVP:
     return counted
 
 
+def _begin(state: SolverState | None, v: tuple[Tensor, ...], hvp: HVP
+           ) -> tuple[SolverState, tuple[Tensor, ...], HVP]:
+    """The start of a call: the state checked (a fresh one for ``None``), the call counted and
+    the HVP wrapped to count its products."""
+    state = _check_state(state)
+    state.calls += 1
+    return state, tuple(v), _counted(hvp, state)
+
+
 def _previous(state: SolverState, v: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
     """The kept solution on ``v``'s device and dtype, if it fits ``v``'s shapes."""
     kept = state.solution
@@ -224,10 +234,7 @@ class WarmNeumann(StatefulSolver):
 
     def __call__(self, hvp: HVP, v: tuple[Tensor, ...], *, state: SolverState | None = None
                  ) -> tuple[Tensor, ...]:
-        state = _check_state(state)
-        v = tuple(v)
-        hvp = _counted(hvp, state)
-        state.calls += 1
+        state, v, hvp = _begin(state, v, hvp)
         alpha = self._alpha(hvp, v, state)
         state.age += 1
         if alpha is None:
@@ -236,20 +243,15 @@ class WarmNeumann(StatefulSolver):
                           stacklevel=2)
             return v
         previous = _previous(state, v)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+
+        def solve() -> tuple[Tensor, ...]:
             if previous is None:
-                x = Neumann(steps=self.steps, alpha=alpha)(hvp, v)
-            else:
-                start, residual = _scaled_start(hvp, v, previous, energy=False)
-                correction = Neumann(steps=self.steps - 1, alpha=alpha)(hvp, residual)
-                x = tuple(a + b for a, b in zip(start, correction))
-        diverged = False
-        for w in caught:
-            if issubclass(w.category, NeumannDivergenceWarning):
-                diverged = True
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                return Neumann(steps=self.steps, alpha=alpha)(hvp, v)
+            start, residual = _scaled_start(hvp, v, previous, energy=False)
+            correction = Neumann(steps=self.steps - 1, alpha=alpha)(hvp, residual)
+            return tuple(a + b for a, b in zip(start, correction))
+
+        x, diverged = divergence_caught(solve)
         if diverged:
             if self.alpha == "auto":
                 state.alpha = None  # stale: estimated afresh next call
@@ -286,10 +288,7 @@ class WarmConjugateGradient(StatefulSolver):
 
     def __call__(self, hvp: HVP, v: tuple[Tensor, ...], *, state: SolverState | None = None
                  ) -> tuple[Tensor, ...]:
-        state = _check_state(state)
-        v = tuple(v)
-        hvp = _counted(hvp, state)
-        state.calls += 1
+        state, v, hvp = _begin(state, v, hvp)
         state.age += 1
         previous = _previous(state, v)
         if previous is None:

@@ -38,6 +38,7 @@ from optuna_ift.hypergrad import (
     NeumannDivergenceWarning,
     Solver,
     SolverState,
+    divergence_caught,
     hypergradient,
     is_stateful,
     power_iteration,
@@ -236,16 +237,8 @@ class HyperStep:
     def _series(self, hvp: HVP, v: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], bool]:
         """The Neumann series with the cached ``alpha``, and whether it diverged (its own
         divergence warning, whose advice fits a fixed ``alpha``, is held back)."""
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = dataclasses.replace(self.solver, alpha=self.alpha)(hvp, v)
-        diverged = False
-        for w in caught:
-            if issubclass(w.category, NeumannDivergenceWarning):
-                diverged = True
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return result, diverged
+        solver = dataclasses.replace(self.solver, alpha=self.alpha)
+        return divergence_caught(lambda: solver(hvp, v))
 
     def hypergradient(self, train_loss: Tensor, val_loss: Tensor, *,
                       curvature_loss: Tensor | None = None) -> tuple[Tensor, ...]:

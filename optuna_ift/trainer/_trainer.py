@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,18 @@ from optuna_ift._validation import (
     ArgumentKindError,
     check_bool,
     check_callable,
+    check_choice,
     check_int,
     check_positive,
 )
-from optuna_ift.hypergrad import Neumann, Solver, unrolled_hypergradient
+from optuna_ift.hypergrad import (
+    HVP_MODES,
+    MIXED_MODES,
+    Neumann,
+    Solver,
+    functional_hypergradient,
+    unrolled_hypergradient,
+)
 from optuna_ift.hyperparams import split_parameters
 from optuna_ift.trainer._callbacks import check_callbacks
 from optuna_ift.trainer._data import (
@@ -258,6 +266,17 @@ class HyperTrainer:
             cost less, and with ``Nystrom`` a sketch's graph is built only when it is
             refreshed); the mixed product uses the whole batch. ``None``: the whole batch.
             Buffers (BatchNorm statistics) are left as the sub-batch found them.
+        hvp_mode: How Hessian-vector products are made: ``"reverse"`` (reverse over reverse
+            through the graph of the training gradient), ``"forward"`` (``torch.func.jvp``
+            over ``grad``, checked against reverse at the first product and refused with a
+            ``ValueError`` where they disagree) or ``"finite_difference"`` (differences of
+            training gradients at shifted weights: no second derivative, for kernels without
+            double backward). See :func:`~optuna_ift.hypergrad.functional_hypergradient`.
+        mixed_mode: How the mixed product is made: ``"reverse"`` or ``"finite_difference"``
+            (with ``hvp_mode="finite_difference"`` the hypergradient is first-order
+            throughout). Outside ``"reverse"`` the losses are evaluated again at shifted
+            weights through ``torch.func.functional_call``, on copies of the buffers (the
+            model's BatchNorm statistics are not touched) and with the same random state.
         eval_data: Named data sets to evaluate (``{"val": ..., "test": ...}``): tensors, a
             ``DataLoader`` or any iterable of batches, one whole pass each time. Their loss
             is ``val_loss`` and, if given, their ``metric``.
@@ -301,6 +320,8 @@ class HyperTrainer:
         warmup_steps: int = 0,
         alpha_every: int = 50,
         hessian_batch_size: int | None = None,
+        hvp_mode: str = "reverse",
+        mixed_mode: str = "reverse",
         eval_data: Mapping[str, Any] | None = None,
         eval_every: int | None = None,
         metric: LossFn | None = None,
@@ -357,6 +378,11 @@ class HyperTrainer:
         self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
         self.hessian_batch_size = (None if hessian_batch_size is None
                                    else check_int("hessian_batch_size", hessian_batch_size, 1))
+        self.hvp_mode = check_choice("hvp_mode", hvp_mode, HVP_MODES)
+        self.mixed_mode = check_choice("mixed_mode", mixed_mode, MIXED_MODES)
+        if isinstance(solver, Unrolled) and (hvp_mode, mixed_mode) != ("reverse", "reverse"):
+            raise ValueError("hvp_mode and mixed_mode apply to implicit solvers, not to "
+                             "solver=Unrolled: leave them 'reverse'")
         if eval_every is not None:
             check_int("eval_every", eval_every, 1)
         if eval_data is not None and not isinstance(eval_data, Mapping):
@@ -541,6 +567,9 @@ class HyperTrainer:
         elif isinstance(self.solver, Unrolled):
             grads, train, val = self._unrolled_hypergradient()
             record = self.hyper.apply(grads, train_loss=train, val_loss=val)
+        elif (self.hvp_mode, self.mixed_mode) != ("reverse", "reverse"):
+            grads, train, val = self._functional_hypergradient()
+            record = self.hyper.apply(grads, train_loss=train, val_loss=val)
         else:
             batch, _ = self._next_train()
             self.model.train()
@@ -571,39 +600,91 @@ class HyperTrainer:
                     b.copy_(saved)
         return loss
 
-    def _unrolled_hypergradient(self) -> tuple[tuple[Tensor, ...], float, float]:
+    def _loss_function(self, fn: LossFn, *, copy_buffers: bool = False
+                       ) -> Callable[[Sequence[Tensor], Sequence[Tensor], Batch], Tensor]:
+        """``call(weights, hparams, batch)``: ``fn(model, batch)`` with the model's weights and
+        hyperparameters swapped for the given tensors (``torch.func.functional_call``); with
+        ``copy_buffers`` on copies of the buffers, made inside the call (so that a
+        ``torch.func`` transform may update them), leaving the model's own untouched."""
         names = {id(p): n for n, p in self.model.named_parameters()}
         weight_names = [names[id(w)] for w in self.weights]
         hyper_names = [names[id(h)] for h in self.hyperparameters]
-        batches = [self._next_train()[0] for _ in range(self.solver.steps)]
-        val_batches = [self._val.next()[0] for _ in range(self.val_batches)]
-        losses: dict[str, float] = {}
+        module = _LossModule(self.model, fn)
 
-        def call(fn: LossFn, weights, hparams, batch) -> Tensor:
-            params = dict(zip(weight_names, weights)) | dict(zip(hyper_names, hparams))
-            return torch.func.functional_call(_LossModule(self.model, fn), {
-                f"model.{n}": t for n, t in params.items()}, (batch,), strict=False)
+        def call(weights: Sequence[Tensor], hparams: Sequence[Tensor], batch: Batch) -> Tensor:
+            swapped = dict(zip(weight_names, weights)) | dict(zip(hyper_names, hparams))
+            if copy_buffers:
+                swapped |= {n: b.clone() for n, b in self.model.named_buffers()}
+            return torch.func.functional_call(module, {
+                f"model.{n}": t for n, t in swapped.items()}, (batch,), strict=False)
 
-        def train_fn(weights, hparams):
-            loss = call(self.train_loss_fn, weights, hparams, batches.pop(0))
-            losses.setdefault("train", float(loss.detach()))
-            return loss
+        return call
 
-        def val_fn(weights, hparams):
+    def _val_function(self, val_batches: list[Batch], losses: dict[str, float], *,
+                      copy_buffers: bool = False) -> Callable[..., Tensor]:
+        """``val_fn(weights, hparams)``: the mean validation loss over ``val_batches`` in eval
+        mode, its value kept in ``losses["val"]``."""
+        call = self._loss_function(self.val_loss_fn, copy_buffers=copy_buffers)
+
+        def val_fn(weights: Sequence[Tensor], hparams: Sequence[Tensor]) -> Tensor:
             self.model.eval()
             try:
-                loss = torch.stack([_check_loss("val_loss",
-                                                call(self.val_loss_fn, weights, hparams, b))
+                loss = torch.stack([_check_loss("val_loss", call(weights, hparams, b))
                                     for b in val_batches]).mean()
             finally:
                 self.model.train()
             losses["val"] = float(loss.detach())
             return loss
 
+        return val_fn
+
+    def _unrolled_hypergradient(self) -> tuple[tuple[Tensor, ...], float, float]:
+        batches = [self._next_train()[0] for _ in range(self.solver.steps)]
+        val_batches = [self._val.next()[0] for _ in range(self.val_batches)]
+        losses: dict[str, float] = {}
+        call = self._loss_function(self.train_loss_fn)
+
+        def train_fn(weights, hparams):
+            loss = call(weights, hparams, batches.pop(0))
+            losses.setdefault("train", float(loss.detach()))
+            return loss
+
         self.model.train()
-        grads = unrolled_hypergradient(train_fn, val_fn, self.weights, self.hyperparameters,
+        grads = unrolled_hypergradient(train_fn, self._val_function(val_batches, losses),
+                                       self.weights, self.hyperparameters,
                                        steps=self.solver.steps, lr=self.solver.lr)
         return grads, losses.get("train", math.nan), losses["val"]
+
+    def _functional_hypergradient(self) -> tuple[tuple[Tensor, ...], float, float]:
+        """The implicit hypergradient with ``hvp_mode`` / ``mixed_mode`` products."""
+        batch, _ = self._next_train()
+        val_batches = [self._val.next()[0] for _ in range(self.val_batches)]
+        self.model.train()
+        with torch.no_grad():  # the buffers move once, as in the reverse path; the record
+            losses = {"train": float(_check_loss("train_loss",
+                                                 self.train_loss_fn(self.model, batch)))}
+        call = self._loss_function(self.train_loss_fn, copy_buffers=True)
+
+        def train_fn(weights, hparams):
+            return _check_loss("train_loss", call(weights, hparams, batch))
+
+        curvature_fn = None
+        if self.hessian_batch_size is not None:
+            size = self.hessian_batch_size
+            sub = map_tensors(lambda t: t[:size] if t.dim() > 0 else t, batch)
+
+            def curvature_fn(weights, hparams):
+                return _check_loss("train_loss", call(weights, hparams, sub))
+
+        grads = functional_hypergradient(
+            self._val_function(val_batches, losses, copy_buffers=True), train_fn,
+            self.weights, self.hyperparameters, solver=self.hyper.solve, hvp=self.hvp_mode,
+            mixed=self.mixed_mode, curvature_fn=curvature_fn, reduce=self.hyper.reduce)
+        train, val = losses["train"], losses["val"]
+        if self.hyper.reduce is not None:  # the record shows losses averaged over processes
+            train, val = (float(t) for t in self.hyper.reduce((torch.tensor(train),
+                                                               torch.tensor(val))))
+        return grads, train, val
 
     # -- evaluation -------------------------------------------------------------------------
 
