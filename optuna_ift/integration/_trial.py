@@ -29,7 +29,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from optuna_ift._validation import ArgumentKindError, check_int
 from optuna_ift.hyperparams import HyperParameter, WeightDecay
 from optuna_ift.integration._compat import HeartbeatJournalStorage, trial_id
 from optuna_ift.integration._distributed import TrialLink, is_distributed_trial
+from optuna_ift.integration._previews import check_previews, save_previews
 from optuna_ift.trainer import Callback, HyperTrainer
 
 __all__ = [
@@ -586,6 +587,7 @@ def run_trainer(
     warm_start: bool = True,
     prune: bool = True,
     monitor: str = "val_loss",
+    previews: bool | Collection[str] = True,
 ) -> float:
     """Train ``trainer`` inside ``trial`` and return the final ``monitor`` value.
 
@@ -602,6 +604,9 @@ def run_trainer(
     3. The learned tensors are saved (:func:`save_learned`), also when the trial is pruned;
        ``ift:hyper_steps``, ``ift:skipped_hyper_steps`` and the last evaluation (as
        ``ift:final_<key>``) are recorded.
+    4. With ``previews``, files that ``optuna-dashboard`` shows are stored beside the tensors
+       (:func:`save_previews`: image grids, histograms, a CSV summary); one that fails is
+       logged and skipped, never failing the trial.
 
     Data-parallel (a trainer built in an initialised process group): call it on every rank
     with an :class:`optuna_integration.TorchDistributedTrial` (see
@@ -620,6 +625,8 @@ def run_trainer(
         warm_start: Start from the best matching finished trial.
         prune: Report evaluations and prune through the study's pruner.
         monitor: The evaluation key reported and returned, ``"<eval_data name>_loss"``.
+        previews: ``True`` (every preview the model has something for), ``False`` (none),
+            or a collection of kinds from :data:`PREVIEW_KINDS`.
 
     Returns:
         The final value of ``monitor`` (the trainer evaluates once more at the end if its last
@@ -644,6 +651,7 @@ def run_trainer(
         raise ValueError(f"monitor must be '<name>_loss' or '<name>_metric' for a name in the "
                          f"trainer's eval_data {sorted(trainer.eval_data)}, got {monitor!r}")
     _check_artifact_store(artifact_store)  # now, not when the trained tensors are saved
+    preview_kinds = check_previews(previews)
     leader = link.optuna_trial  # None on the other ranks
 
     def plan() -> tuple[str | None, int | None]:
@@ -689,6 +697,8 @@ def run_trainer(
         save_learned(leader, trainer, artifact_store)
         leader.set_user_attr("ift:hyper_steps", int(trainer.hyper_step))
         leader.set_user_attr("ift:skipped_hyper_steps", int(trainer.history.skipped))
+        if preview_kinds:
+            save_previews(leader, trainer, artifact_store, kinds=preview_kinds)
 
     try:
         trainer.fit(hyper_steps)
