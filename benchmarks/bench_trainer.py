@@ -18,8 +18,8 @@ median time per weight step is compared: ``joint / plain``. Peak tensor memory o
 CPU: the profiler's allocation events replayed), and reported both alone ("added") and on top
 of the tensors the run keeps between steps (model, optimizer states, the data in memory).
 
-Part 2, scale: the same joint training (the trainer's default solver) on a wider MLP with at least ``--million`` million
-hyperparameters, reporting hyper steps and weight steps per second.
+Part 2, scale: the same joint training (the trainer's default solver) on a wider MLP with at
+least ``--million`` million hyperparameters, reporting hyper steps and weight steps per second.
 
 Part 3, data from a ``DataLoader`` (with ``--data-root``, a folder holding ``MNIST/raw``):
 MNIST read from its files, each image read from disk and transformed in ``num_workers``
@@ -28,6 +28,10 @@ and plainly from that loader, and jointly and plainly from a ``TensorBatches`` o
 images already transformed in memory, all interleaved: joint / plain from the loader, and the
 loader against ``TensorBatches`` at the same batch size (the price of reading and
 transforming on the fly; the trainer itself does the same work for both).
+
+Part 4, outcome (what a cheaper solver costs in results): the demo's objective on digits
+(an MLP with a decay per weight) for four fixed trial configurations and a few seeds, run with
+each solver of ``--solvers``: mean final validation loss and test accuracy of the same trials.
 
 Run ``python benchmarks/bench_trainer.py --help`` for the options.
 """
@@ -54,7 +58,7 @@ from torch import nn
 from optuna_ift import ConjugateGradient, Identity, Neumann
 from optuna_ift.hypergrad import Nystrom, WarmConjugateGradient, WarmNeumann
 from optuna_ift.hyperparams import WeightDecay
-from optuna_ift.trainer import HyperTrainer, resolve_device
+from optuna_ift.trainer import DEFAULT_SOLVER, HyperTrainer, resolve_device
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_hypergradient import peak_memory, synchronize  # noqa: E402
@@ -109,8 +113,9 @@ SOLVERS = {"identity": lambda: Identity(),
 
 def solver_options(spec: str) -> dict:
     """``HyperTrainer`` options of a solver spec: ``default`` (the trainer's own defaults),
-    ``identity`` (no HVP: the floor of a hyper step's cost), ``neumann:5``, ``warm-neumann:1``, ``warm-cg:2``, ``nystrom:20:10`` (rank, refresh), each
-    optionally followed by ``@rows``, the ``hessian_batch_size``."""
+    ``identity`` (no HVP: the floor of a hyper step's cost), ``neumann:5``,
+    ``warm-neumann:1``, ``warm-cg:2``, ``nystrom:20:10`` (rank, refresh), each optionally
+    followed by ``@rows``, the ``hessian_batch_size``."""
     name, _, rows = spec.partition("@")
     options: dict = {} if not rows else {"hessian_batch_size": int(rows)}
     if name != "default":
@@ -265,6 +270,53 @@ def cost_of_tuning(args, device, kind: str, hidden: int, spec: str = "default") 
     }
 
 
+def outcome(args, specs: list[str]) -> dict:
+    """What each solver buys in the demo's setting: the demo's objective (an MLP on digits
+    with a decay per weight, Adam on the log-decays) for four fixed (lr, width, inner_steps)
+    configurations and ``--outcome-seeds`` seeds of the split; the final validation loss (the
+    study's value) and the test accuracy of every trial, the same trials for every solver."""
+    import tempfile
+
+    import optuna
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from optuna_ift.data import load_dataset
+    from optuna_ift.experiments.demo import make_objective
+
+    configs = [dict(lr=3e-3, width=64, inner_steps=5), dict(lr=1e-2, width=128, inner_steps=10),
+               dict(lr=2e-2, width=32, inner_steps=2), dict(lr=5e-3, width=96, inner_steps=8)]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    results: dict = {}
+    for spec in specs:
+        solver = solver_options(spec).get("solver") or DEFAULT_SOLVER
+        values, tests, seconds = [], [], []
+        for seed in range(args.outcome_seeds):
+            data = load_dataset("digits", seed=seed)
+            with tempfile.TemporaryDirectory() as folder:
+                objective = make_objective(
+                    data=data, artifact_store=FileSystemArtifactStore(folder),
+                    hyper_steps=60, checkpoint_every=None, solver=solver, seed=seed,
+                    device="cpu")
+                study = optuna.create_study()
+                for config in configs:
+                    study.enqueue_trial(config)
+                start = time.perf_counter()
+                study.optimize(objective, n_trials=len(configs))
+                seconds.append(time.perf_counter() - start)
+            values += [t.value for t in study.trials]
+            tests += [t.user_attrs["ift:final_test_metric"] for t in study.trials]
+        results[spec] = {"solver": repr(solver), "val_loss": values, "test_accuracy": tests,
+                         "val_loss_mean": statistics.fmean(values),
+                         "test_accuracy_mean": statistics.fmean(tests),
+                         "seconds": sum(seconds)}
+    first = specs[0]
+    for spec in specs:
+        r = results[spec]
+        wins = sum(a < b for a, b in zip(r["val_loss"], results[first]["val_loss"]))
+        r[f"val_loss_lower_than_{first}"] = wins
+    return results
+
+
 def scale(args, device) -> dict:
     # weights = 784 h + h + 10 h + 10; one hyperparameter per weight and bias.
     hidden = math.ceil((args.million * 1e6 - 10) / 795)
@@ -408,9 +460,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--data-root", help="a folder holding MNIST/raw (the .gz files): adds "
                         "the DataLoader part")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    parser.add_argument("--parts", default="cost,scale,loader",
-                        help="comma-separated parts to run (default cost,scale,loader)")
+    parser.add_argument("--parts", default="cost,scale,loader,outcome",
+                        help="comma-separated parts to run")
     parser.add_argument("--json", help="write every number here")
+    parser.add_argument("--outcome-seeds", type=int, default=3,
+                        help="seeds of the outcome part (4 demo trials each per solver)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     started = time.perf_counter()
@@ -481,6 +535,15 @@ def main(argv=None) -> dict:
             ratio = fed[f"loader_over_tensors_{kind}"]
             print(f"  {kind}: reading and transforming each image in {fed['workers']} workers / "
                   f"TensorBatches = {ratio:.3f} (the input pipeline's cost on this machine)")
+    if "outcome" in parts:
+        out = results["outcome"] = outcome(args, specs)
+        n = 4 * args.outcome_seeds
+        print(f"\nOutcome in the demo's setting (digits, decay per weight, 60 hyper steps; the "
+              f"same {n} trials for every solver): mean final validation loss and test accuracy")
+        for spec, r in out.items():
+            print(f"  {spec:<22} val loss {r['val_loss_mean']:.4f}  test accuracy "
+                  f"{r['test_accuracy_mean']:.4f}  lower val loss than {specs[0]} in "
+                  f"{r[f'val_loss_lower_than_{specs[0]}']}/{n}  ({r['seconds']:.0f} s)")
     results["wall_s"] = time.perf_counter() - started
     print(f"\ntotal wall time {results['wall_s']:.1f} s")
     if args.json:

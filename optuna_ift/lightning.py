@@ -66,9 +66,16 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from optuna_ift._validation import ArgumentKindError, check_int
-from optuna_ift.hypergrad import Neumann, Solver, check_solver
+from optuna_ift.hypergrad import Solver, check_solver
 from optuna_ift.hyperparams import HyperParameter, split_parameters
-from optuna_ift.trainer import BatchStream, HyperStep, Unrolled, as_source, rmsprop
+from optuna_ift.trainer import (
+    DEFAULT_SOLVER,
+    BatchStream,
+    HyperStep,
+    Unrolled,
+    as_source,
+    rmsprop,
+)
 
 __all__ = ["IFTCallback", "LossFunction"]
 
@@ -234,7 +241,7 @@ class IFTCallback(pl.Callback):
         val_data: Any,
         *,
         every_n_steps: int = 10,
-        solver: Solver = Neumann(steps=5, alpha="auto"),  # noqa: B008 (frozen, immutable)
+        solver: Solver = DEFAULT_SOLVER,
         hyper_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] = rmsprop,
         alpha_every: int = 50,
         val_batches: int = 1,

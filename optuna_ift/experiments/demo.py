@@ -42,7 +42,7 @@ from optuna_ift.experiments._models import (
     decayed_train_loss,
     make_classifier,
 )
-from optuna_ift.hypergrad import Neumann, NeumannDivergenceWarning
+from optuna_ift.hypergrad import Neumann, NeumannDivergenceWarning, Solver, check_solver
 from optuna_ift.integration import (
     ATTR_LEARNED,
     ATTR_RESUMED_FROM,
@@ -79,6 +79,7 @@ def make_objective(
     checkpoint_every: int | None = 10,
     eval_every: int = 5,
     neumann_steps: int = 3,
+    solver: Solver | None = None,
     hyper_lr: float = 0.1,
     init_decay: float = 1e-3,
     batch_size: int = 256,
@@ -102,6 +103,9 @@ def make_objective(
         checkpoint_every: Hyper steps between checkpoints (``None``: none).
         eval_every: Hyper steps between evaluations (each is reported to the pruner).
         neumann_steps: Hessian-vector products per hypergradient.
+        solver: Any solver of :mod:`optuna_ift.hypergrad` instead of
+            ``Neumann(neumann_steps, alpha="auto")`` (a stateful one gets a fresh state per
+            trial).
         hyper_lr: Adam learning rate of the natural-log decays.
         init_decay: Initial decay of every weight (when not warm-started).
         batch_size: Training and validation mini-batch size.
@@ -113,6 +117,8 @@ def make_objective(
     """
     device_ = resolve_device(device)
     data = data.to(device_)
+    inverse = Neumann(steps=neumann_steps, alpha="auto") if solver is None else check_solver(
+        "solver", solver)
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-3, 3e-2, log=True)
@@ -132,7 +138,7 @@ def make_objective(
             batch_size=batch_size,
             weight_optimizer=lambda p: torch.optim.Adam(p, lr=lr),
             hyper_optimizer=lambda p: torch.optim.Adam(p, lr=hyper_lr),
-            solver=Neumann(steps=neumann_steps, alpha="auto"), inner_steps=inner_steps,
+            solver=inverse, inner_steps=inner_steps,
             alpha_every=10,
             eval_data={"val": (data.X_val, data.y_val), "test": (data.X_test, data.y_test)},
             eval_every=eval_every, metric=accuracy, device=device_, callbacks=callbacks,

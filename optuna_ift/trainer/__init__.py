@@ -28,7 +28,7 @@ from optuna_ift.trainer._data import (
     batch_size_of,
     move_batch,
 )
-from optuna_ift.trainer._step import HyperStep, Unrolled, rmsprop
+from optuna_ift.trainer._step import DEFAULT_SOLVER, HyperStep, Unrolled, rmsprop
 from optuna_ift.trainer._trainer import (
     History,
     HyperTrainer,
@@ -42,6 +42,7 @@ from optuna_ift.trainer._trainer import (
 )
 
 __all__ = [
+    "DEFAULT_SOLVER",
     "BatchStream",
     "Callback",
     "EarlyStopping",

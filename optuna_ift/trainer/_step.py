@@ -48,7 +48,18 @@ from optuna_ift.hypergrad import (
 )
 from optuna_ift.hyperparams import split_parameters
 
-__all__ = ["HyperStep", "OptimizerFactory", "Unrolled", "build_optimizer", "rmsprop"]
+__all__ = ["DEFAULT_SOLVER", "HyperStep", "OptimizerFactory", "Unrolled", "build_optimizer",
+           "rmsprop"]
+
+#: The solver of :class:`HyperStep`, :class:`~optuna_ift.HyperTrainer` and the Lightning
+#: callback when none is given: one Neumann term beyond the first, ``alpha = 1 / lambda_max``
+#: re-estimated every ``alpha_every`` hyper steps. Chosen by ``benchmarks/bench_hypergradient.py``
+#: (trajectory section): the cheapest solver whose hypergradient stays within cosine 0.99 of
+#: a cold ``Neumann(10)`` at every hyper step of joint training (2.7 gradient evaluations a
+#: hyper step against 5.5 for ``Neumann(5)``). More steps (or ``ConjugateGradient``) pay where
+#: the validation loss itself is the goal, or where hyperparameters enter the data
+#: (distillation): see the README's table.
+DEFAULT_SOLVER = Neumann(steps=1, alpha="auto")
 
 _logger = logging.getLogger(__name__)
 
@@ -142,7 +153,7 @@ class HyperStep:
         self,
         model: nn.Module | tuple[Sequence[Tensor], Sequence[Tensor]],
         *,
-        solver: Solver | Unrolled = Neumann(steps=5, alpha="auto"),
+        solver: Solver | Unrolled = DEFAULT_SOLVER,
         optimizer: OptimizerFactory | torch.optim.Optimizer = rmsprop,
         alpha_every: int = 50,
         reduce: Callable[[Sequence[Tensor]], Sequence[Tensor]] | None = None,

@@ -41,7 +41,6 @@ from optuna_ift._validation import (
 from optuna_ift.hypergrad import (
     HVP_MODES,
     MIXED_MODES,
-    Neumann,
     Solver,
     functional_hypergradient,
     unrolled_hypergradient,
@@ -59,6 +58,7 @@ from optuna_ift.trainer._data import (
 )
 from optuna_ift.trainer._distributed import process_group
 from optuna_ift.trainer._step import (
+    DEFAULT_SOLVER,
     HyperStep,
     OptimizerFactory,
     Unrolled,
@@ -253,10 +253,11 @@ class HyperTrainer:
         hyper_optimizer: ``factory(hyperparameters) -> Optimizer``; default RMSprop, 1e-2 (the
             paper's choice for decays and dropout rates); ``None``: weights-only mode, the
             hyperparameters stay fixed. See :class:`HyperStep`.
-        solver: An inverse-HVP solver from :mod:`optuna_ift.hypergrad`, or :class:`Unrolled`.
-            ``Neumann(alpha="auto")`` re-estimates the top eigenvalue only every
-            ``alpha_every`` hyper steps, so a hyper step costs ``steps`` HVPs, not
-            ``steps + power_steps``.
+        solver: An inverse-HVP solver from :mod:`optuna_ift.hypergrad`, or :class:`Unrolled`;
+            default :data:`~optuna_ift.trainer.DEFAULT_SOLVER`, ``Neumann(steps=1,
+            alpha="auto")`` (chosen by benchmark, see there). ``Neumann(alpha="auto")``
+            re-estimates the top eigenvalue only every ``alpha_every`` hyper steps, so a hyper
+            step costs ``steps`` HVPs, not ``steps + power_steps``.
         inner_steps: Weight steps between hyper steps (the paper's N).
         val_batches: Validation batches averaged into each hypergradient (k).
         warmup_steps: Weight steps before the first hyper step.
@@ -314,7 +315,7 @@ class HyperTrainer:
         val_batch_size: int | None = None,
         weight_optimizer: OptimizerFactory = adam,
         hyper_optimizer: OptimizerFactory | None = rmsprop,
-        solver: Solver | Unrolled = Neumann(steps=5, alpha="auto"),
+        solver: Solver | Unrolled = DEFAULT_SOLVER,
         inner_steps: int = 10,
         val_batches: int = 1,
         warmup_steps: int = 0,
