@@ -14,6 +14,13 @@ and re-fits. After one small warm-up fit of each, fits run interleaved (``--repe
 alternating order); the table shows the median fit time, the test accuracy, and the ratios
 ours / theirs. Float32 features for both (each keeps float32).
 
+With ``--models neural``: ``IFTNeuralNetClassifier`` (one hidden layer of ``--width`` units,
+a decay per weight learned on a 20 % validation split, re-trained on all the training data)
+against scikit-learn's ``MLPClassifier`` of the same width (Adam, its defaults otherwise) at
+its best ``alpha`` by ``GridSearchCV`` (``--alphas``, ``--cv``-fold, re-fitted): test accuracy
+and fit time side by side on each split, the competitor in the same process, both on
+``--threads`` threads (torch's and the BLAS pool).
+
 Run ``python benchmarks/bench_sklearn.py --help`` for the options.
 """
 
@@ -32,9 +39,12 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegressionCV
+from sklearn.model_selection import GridSearchCV
+from sklearn.neural_network import MLPClassifier
+from threadpoolctl import threadpool_limits
 
 from optuna_ift.data import load_dataset
-from optuna_ift.sklearn import IFTLogisticRegression
+from optuna_ift.sklearn import IFTLogisticRegression, IFTNeuralNetClassifier
 
 
 def _data(name: str, root: str, n_train: int | None, seed: int):
@@ -126,6 +136,67 @@ def summarize(dataset: str, runs: list[dict]) -> dict:
     return summary
 
 
+def run_neural(dataset: str, args: argparse.Namespace, seed: int) -> dict:
+    """One split: the neural estimator against MLPClassifier tuned by GridSearchCV."""
+    X, y, X_test, y_test = _data(dataset, args.data_root, args.mnist_train, seed)
+    makers = {
+        "IFTNeuralNetClassifier": lambda: IFTNeuralNetClassifier(
+            module__width=args.width, random_state=seed, device=args.device),
+        "MLPClassifier+GridSearchCV": lambda: GridSearchCV(
+            MLPClassifier(hidden_layer_sizes=(args.width,), random_state=seed),
+            {"alpha": args.alphas}, cv=args.cv, n_jobs=1),
+    }
+    for make in makers.values():  # warm-up
+        _fit(make, X[:200], y[:200], X_test[:10], y_test[:10])
+    rows = {}
+    for name in (list(makers) if seed % 2 == 0 else list(reversed(makers))):
+        seconds, acc, warned, model = _fit(makers[name], X, y, X_test, y_test)
+        if isinstance(model, GridSearchCV):
+            detail = f"alpha={model.best_params_['alpha']:g}"
+        else:
+            decays = np.concatenate([np.ravel(d) for d in model.weight_decay_.values()])
+            detail = (f"decay geo-mean={np.exp(np.log(decays).mean()):.3g}, "
+                      f"{model.n_iter_} hyper steps (best {model.best_iter_})")
+        rows[name] = {"test_accuracy": acc, "fit_seconds": seconds, "detail": detail,
+                      "convergence_warnings": warned}
+    ours, theirs = rows["IFTNeuralNetClassifier"], rows["MLPClassifier+GridSearchCV"]
+    summary = {"accuracy_difference": ours["test_accuracy"] - theirs["test_accuracy"],
+               "time_ratio": ours["fit_seconds"] / theirs["fit_seconds"]}
+    print(f"\n== {dataset}, split seed {seed}: n_train={len(y)}, n_test={len(y_test)}, "
+          f"width={args.width}, alphas={args.alphas}, cv={args.cv}")
+    print(f"{'estimator':28s} {'test acc':>9s} {'fit s':>8s}  detail")
+    for name, row in rows.items():
+        print(f"{name:28s} {row['test_accuracy']:9.4f} {row['fit_seconds']:8.2f}  "
+              f"{row['detail']} (convergence warnings: {row['convergence_warnings']})")
+    print(f"ours - theirs accuracy: {summary['accuracy_difference']:+.4f}; "
+          f"fit time ratio ours / theirs: {summary['time_ratio']:.3f}x")
+    return {"seed": seed, "n_train": len(y), "n_test": len(y_test), "rows": rows, **summary}
+
+
+def summarize_neural(dataset: str, runs: list[dict]) -> dict:
+    names = ("IFTNeuralNetClassifier", "MLPClassifier+GridSearchCV")
+    acc = {n: np.array([r["rows"][n]["test_accuracy"] for r in runs]) for n in names}
+    sec = {n: np.array([r["rows"][n]["fit_seconds"] for r in runs]) for n in names}
+    diff = acc[names[0]] - acc[names[1]]
+    ratios = [r["time_ratio"] for r in runs]
+    print(f"\n== {dataset} over {len(runs)} split(s)")
+    print(f"{'estimator':28s} {'test acc (mean ± sd)':>22s} {'fit s (median)':>15s}")
+    for n in names:
+        sd = acc[n].std(ddof=1) if len(runs) > 1 else 0.0
+        print(f"{n:28s} {acc[n].mean():14.4f} ± {sd:.4f} {np.median(sec[n]):15.2f}")
+    sd = float(diff.std(ddof=1)) if len(runs) > 1 else 0.0
+    summary = {"splits": len(runs), "difference_mean": float(diff.mean()), "difference_sd": sd,
+               "wins_ties_losses": [int((diff > 0).sum()), int((diff == 0).sum()),
+                                    int((diff < 0).sum())],
+               "time_ratio_median": float(statistics.median(ratios)),
+               "ours_mean": float(acc[names[0]].mean()),
+               "theirs_mean": float(acc[names[1]].mean())}
+    print(f"paired accuracy difference ours - theirs {summary['difference_mean']:+.4f} ± "
+          f"{sd:.4f} (wins/ties/losses {summary['wins_ties_losses']}); median fit time ratio "
+          f"ours / theirs {summary['time_ratio_median']:.3f}x")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist"],
@@ -144,6 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--per-weight", action="store_true",
                         help="also fit IFTLogisticRegression with a decay per weight")
+    parser.add_argument("--models", choices=("linear", "neural"), default="linear",
+                        help="linear: IFTLogisticRegression vs LogisticRegressionCV; neural: "
+                        "IFTNeuralNetClassifier vs MLPClassifier tuned by GridSearchCV")
+    parser.add_argument("--width", type=int, default=100, help="hidden units (neural)")
+    parser.add_argument("--alphas", type=float, nargs="+",
+                        default=[1e-4, 1e-3, 1e-2, 1e-1, 1.0],
+                        help="MLPClassifier's alpha grid (neural)")
+    parser.add_argument("--cv", type=int, default=3, help="GridSearchCV folds (neural)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and BLAS threads for both sides (neural)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
@@ -152,10 +233,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_root is None and any(name != "digits" for name in args.datasets):
         print("no --data-root: running digits only", file=sys.stderr)
         args.datasets = [name for name in args.datasets if name == "digits"]
+    if args.models == "neural":
+        torch.set_num_threads(args.threads)
     for name in args.datasets:
         count = args.splits if name == "digits" else args.mnist_splits
-        runs = [run(name, args, args.seed + k) for k in range(count)]
-        results[name] = {"runs": runs, "summary": summarize(name, runs)}
+        if args.models == "neural":
+            with threadpool_limits(args.threads):
+                runs = [run_neural(name, args, args.seed + k) for k in range(count)]
+            results[name] = {"runs": runs, "summary": summarize_neural(name, runs)}
+        else:
+            runs = [run(name, args, args.seed + k) for k in range(count)]
+            results[name] = {"runs": runs, "summary": summarize(name, runs)}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

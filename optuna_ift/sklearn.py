@@ -6,7 +6,13 @@ learned by gradient descent on the loss of an internal validation split, with th
 hypergradient of :func:`optuna_ift.hypergradient`; :func:`validation_split_curve` measures how
 the size of that split matters (Fig. 9 of Lorraine, Vicol & Duvenaud, 2020).
 
-Why not :class:`optuna_ift.HyperTrainer`: the trainer is built for stochastic, minibatch
+:class:`IFTNeuralNetClassifier` and :class:`IFTNeuralNetRegressor` wrap any torch module
+(skorch-like: ``module=`` and ``module__<name>=`` parameters; an :class:`MLP` by default) and
+train it with :class:`optuna_ift.HyperTrainer`, a decay per weight and any dropout rates of the
+module being tuned on the validation split as it trains.
+
+Why the linear models do not use :class:`optuna_ift.HyperTrainer` for their loop (they share
+its :class:`~optuna_ift.trainer.HyperStep`): the trainer is built for stochastic, minibatch
 training of neural networks. These models are convex and their data fit in memory, so a direct
 loop is both faster and more exact: every outer iteration warm-starts a full-batch L-BFGS solve
 of the training problem (the logistic loss; the ridge problem is solved in closed form), so the
@@ -28,12 +34,14 @@ decayed.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import numbers
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -42,16 +50,25 @@ from scipy.special import expit, log_softmax, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
-from torch import Tensor
+from torch import Tensor, nn
 
 from optuna_ift._validation import ArgumentKindError
 from optuna_ift._validation import check_bool as _check_bool
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
 from optuna_ift._validation import check_real as _check_real
-from optuna_ift.hypergrad import ConjugateGradient, Exact, Identity, Neumann, hypergradient
+from optuna_ift.hypergrad import (
+    ConjugateGradient,
+    Exact,
+    Identity,
+    Neumann,
+    NeumannDivergenceWarning,
+)
+from optuna_ift.hyperparams import ConcreteDropout, WeightDecay, split_parameters
+from optuna_ift.trainer import EarlyStopping, HyperStep, HyperTrainer, KeepBest, resolve_device
 
-__all__ = ["IFTLogisticRegression", "IFTRidge", "validation_split_curve"]
+__all__ = ["MLP", "IFTLogisticRegression", "IFTNeuralNetClassifier", "IFTNeuralNetRegressor",
+           "IFTRidge", "validation_split_curve"]
 
 _logger = logging.getLogger(__name__)
 
@@ -133,13 +150,18 @@ def _make_solver(solver: str, steps: int):
     return Exact(max_size=20000)
 
 
-def _resolve_device(device: Any) -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (TypeError, RuntimeError) as err:
-        raise ValueError(f"device must be 'auto' or a torch device, got {device!r}") from err
+def _classes_of(estimator: Any, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A classifier's ``(X, y)`` validated, ``classes_`` set and ``y`` encoded as their indices;
+    a ``y`` of one class is refused."""
+    X, y = _validate(estimator, X, y, dtype=[np.float64, np.float32], accept_sparse=False)
+    check_classification_targets(y)
+    estimator.classes_, encoded = np.unique(y, return_inverse=True)
+    if len(estimator.classes_) < 2:
+        raise ValueError(
+            f"{type(estimator).__name__} needs samples of at least 2 classes in y, but y "
+            f"contains only one class: {estimator.classes_[0]!r}"
+        )
+    return X, encoded
 
 
 def _check_random_state(random_state: Any) -> None:
@@ -232,8 +254,13 @@ def _hyper_loop(
     verbose: int,
     name: str,
 ) -> tuple[Tensor, list[Tensor], int, dict[str, list[float]], float]:
-    """Algorithm 1 with exact inner solves: returns the best decays and weights by val loss."""
-    optimizer = torch.optim.Adam([log_decay], lr=learning_rate)
+    """Algorithm 1 with exact inner solves: returns the best decays and weights by val loss.
+
+    The hyper step is the trainer's :class:`~optuna_ift.trainer.HyperStep` (hypergradient,
+    non-finite guard, Adam step); only the inner solve (exact, not stochastic) is this loop's.
+    """
+    step = HyperStep((params, [log_decay]), solver=solver,
+                     optimizer=lambda hp: torch.optim.Adam(hp, lr=learning_rate))
     history: dict[str, list[float]] = {
         "train_loss": [], "val_loss": [], "val_score": [], "weight_decay": [],
         "hypergradient_norm": [],
@@ -241,7 +268,7 @@ def _hyper_loop(
     best_val, best_score = math.inf, float("nan")
     best_log_decay = log_decay.detach().clone()
     best_params = [p.detach().clone() for p in params]
-    stale, skipped, it = 0, 0, 0
+    stale, it = 0, 0
     for it in range(1, max_iter + 1):
         inner_solve(log_decay.detach())
         train_loss, val_loss = losses(log_decay)
@@ -265,19 +292,12 @@ def _hyper_loop(
         if stale >= n_iter_no_change or it == max_iter:
             history["hypergradient_norm"].append(float("nan"))
             break
-        (grad,) = hypergradient(val_loss, train_loss, params, [log_decay], solver=solver)
-        norm = float(torch.linalg.vector_norm(grad))
-        history["hypergradient_norm"].append(norm)
-        if not math.isfinite(norm):
-            skipped += 1  # never applied; counted and logged
-            continue
-        optimizer.zero_grad(set_to_none=False)
-        log_decay.grad = grad.to(log_decay.dtype)
-        optimizer.step()
+        record = step(train_loss, val_loss)
+        history["hypergradient_norm"].append(record["hypergradient_norm"])
         with torch.no_grad():
             log_decay.clamp_(*_LOG_DECAY_BOUNDS)
-    if skipped:
-        _logger.warning("%s: %d non-finite hypergradient(s) skipped", name, skipped)
+    if step.skipped:
+        _logger.warning("%s: %d non-finite hypergradient(s) skipped", name, step.skipped)
     return best_log_decay, best_params, it, history, best_score
 
 
@@ -434,19 +454,12 @@ class IFTLogisticRegression(ClassifierMixin, _IFTBase):
             self
         """
         self._check_params()
-        X, y = _validate(self, X, y, dtype=[np.float64, np.float32], accept_sparse=False)
-        check_classification_targets(y)
-        self.classes_, encoded = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs samples of at least 2 classes in y, but y "
-                f"contains only one class: {self.classes_[0]!r}"
-            )
-        device = _resolve_device(self.device)
+        X, encoded = _classes_of(self, X, y)
+        device = resolve_device(self.device)
         dtype = _torch_dtype(X)
         binary = len(self.classes_) == 2
         rng = _seed_of(self.random_state)
-        train_idx, val_idx = _split(len(y), self.validation_fraction, rng, encoded)
+        train_idx, val_idx = _split(len(encoded), self.validation_fraction, rng, encoded)
 
         Xt = _to_tensor(X, dtype, device)
         yt = torch.tensor(encoded, device=device)
@@ -537,7 +550,7 @@ class IFTLogisticRegression(ClassifierMixin, _IFTBase):
         X = _validate(self, X, reset=False, dtype=[np.float64, np.float32])
         encoded = np.searchsorted(self.classes_, np.asarray(y))
         other = copy.deepcopy(self)
-        device, dtype = _resolve_device(self.device), _torch_dtype(X)
+        device, dtype = resolve_device(self.device), _torch_dtype(X)
         binary = len(self.classes_) == 2
         Xt = _to_tensor(X, dtype, device)
         yt = torch.tensor(encoded, device=device)
@@ -692,7 +705,7 @@ class IFTRidge(RegressorMixin, _IFTBase):
         if np.asarray(y).dtype.kind not in "biuf":
             raise ValueError(f"y must hold numbers (the regression targets), got an array of "
                              f"dtype {np.asarray(y).dtype}")
-        device, dtype = _resolve_device(self.device), _torch_dtype(X)
+        device, dtype = resolve_device(self.device), _torch_dtype(X)
         rng = _seed_of(self.random_state)
         train_idx, val_idx = _split(len(y), self.validation_fraction, rng, None)
         Xt, yt = _to_tensor(X, dtype, device), _to_tensor(y, dtype, device)
@@ -747,6 +760,489 @@ class IFTRidge(RegressorMixin, _IFTBase):
         check_is_fitted(self)
         X = _validate(self, X, reset=False, dtype=[np.float64, np.float32])
         return np.asarray(X, dtype=np.float64) @ self.coef_ + self.intercept_
+
+
+# ------------------------------------------------------------------------------------------
+# Neural networks
+# ------------------------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    """The default module of the neural estimators: ``depth`` hidden layers of ``width`` units.
+
+    Args:
+        in_features: Input features (set by the estimator from ``X``).
+        out_features: Outputs (classes, or regression targets; set by the estimator).
+        width: Units per hidden layer.
+        depth: Hidden layers (0 is a linear model).
+        activation: ``"relu"``, ``"tanh"`` or ``"gelu"``.
+        dropout: ``None`` (no dropout), or the initial rate of a
+            :class:`~optuna_ift.hyperparams.ConcreteDropout` with one learned rate per hidden
+            unit after every hidden layer (the rates are hyperparameters, tuned with the decays).
+    """
+
+    _activations: ClassVar[dict[str, type[nn.Module]]] = {"relu": nn.ReLU, "tanh": nn.Tanh,
+                                                         "gelu": nn.GELU}
+
+    def __init__(self, in_features: int, out_features: int, *, width: int = 100,
+                 depth: int = 1, activation: str = "relu", dropout: float | None = None
+                 ) -> None:
+        super().__init__()
+        _check_int("module__width", width, 1)
+        _check_int("module__depth", depth, 0)
+        _check_choice("module__activation", activation, tuple(self._activations))
+        if dropout is not None:
+            _check_real("module__dropout", dropout, low=0.0, high=1.0, low_open=True,
+                        high_open=True)
+        layers: list[nn.Module] = []
+        size = in_features
+        for _ in range(depth):
+            layers += [nn.Linear(size, width), self._activations[activation]()]
+            if dropout is not None:
+                layers.append(ConcreteDropout((width,), init=float(dropout)))
+            size = width
+        layers.append(nn.Linear(size, out_features))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class _Regularised(nn.Module):
+    """The user's module and the decays of its weights, one model for the trainer."""
+
+    def __init__(self, net: nn.Module, decay: WeightDecay) -> None:
+        super().__init__()
+        self.net = net
+        self.decay = decay
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def _accepts(factory: Callable[..., Any], name: str) -> bool:
+    """Whether ``factory`` takes a keyword argument ``name`` (or any keyword)."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+
+
+_SOLVERS_NEURAL = ("neumann", "cg", "identity")
+
+
+class _IFTNeuralNet(BaseEstimator):
+    """Shared by :class:`IFTNeuralNetClassifier` and :class:`IFTNeuralNetRegressor`: the
+    ``module__*`` parameters, the checks, the training with :class:`~optuna_ift.HyperTrainer`,
+    re-training and batched prediction."""
+
+    _decay_modes = ("per_weight", "per_layer", "global")
+
+    def __init__(
+        self,
+        *,
+        module: Any = None,
+        weight_decay: str = "per_weight",
+        weight_decay_init: float = 1e-3,
+        validation_fraction: float = 0.2,
+        refit: bool = True,
+        solver: str = "neumann",
+        solver_steps: int = 5,
+        learning_rate: float = 0.05,
+        inner_steps: int = 10,
+        inner_learning_rate: float = 1e-3,
+        batch_size: int = 200,
+        max_iter: int = 200,
+        tol: float = 1e-4,
+        n_iter_no_change: int = 10,
+        random_state: Any = None,
+        device: str | torch.device = "auto",
+        verbose: int = 0,
+        **module_params: Any,
+    ) -> None:
+        self.module = module
+        self.weight_decay = weight_decay
+        self.weight_decay_init = weight_decay_init
+        self.validation_fraction = validation_fraction
+        self.refit = refit
+        self.solver = solver
+        self.solver_steps = solver_steps
+        self.learning_rate = learning_rate
+        self.inner_steps = inner_steps
+        self.inner_learning_rate = inner_learning_rate
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+        # module__* parameters are kept apart (scikit-learn's checks allow no attribute that is
+        # not in the signature) and shown by get_params; like the others, checked by fit.
+        self._module_params = dict(module_params)
+
+    # -- module__* parameters -----------------------------------------------------------------
+
+    @staticmethod
+    def _checked_module_params(params: dict[str, Any]) -> dict[str, Any]:
+        wrong = [k for k in params if not k.startswith("module__") or k == "module__"]
+        if wrong:
+            raise TypeError(f"unexpected keyword argument {wrong[0]!r}: the only extra "
+                            f"arguments are module__<name>, passed to the module as <name>")
+        return dict(params)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        params = super().get_params(deep=deep)
+        params.update(self._module_params)
+        return params
+
+    def set_params(self, **params: Any) -> _IFTNeuralNet:
+        module_params = {k: params.pop(k) for k in list(params) if k.startswith("module__")}
+        self._module_params.update(module_params)
+        return super().set_params(**params) if params else self
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def _check_params(self) -> None:
+        self._checked_module_params(self._module_params)
+        module = self.module
+        if not (module is None or isinstance(module, nn.Module) or callable(module)):
+            raise ArgumentKindError(f"module must be None (an MLP), a torch.nn.Module class or "
+                                    f"factory, or a module, got {_shown(module)}")
+        _check_choice("weight_decay", self.weight_decay, self._decay_modes)
+        _check_positive("weight_decay_init", self.weight_decay_init)
+        _check_fraction("validation_fraction", self.validation_fraction)
+        _check_bool("refit", self.refit)
+        _check_choice("solver", self.solver, _SOLVERS_NEURAL)
+        _check_int("solver_steps", self.solver_steps, 1)
+        _check_positive("learning_rate", self.learning_rate)
+        _check_int("inner_steps", self.inner_steps, 1)
+        _check_positive("inner_learning_rate", self.inner_learning_rate)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("max_iter", self.max_iter, 1)
+        _check_real("tol", self.tol, low=0.0)
+        _check_int("n_iter_no_change", self.n_iter_no_change, 1)
+        _check_verbose(self.verbose)
+        _check_random_state(self.random_state)
+
+    def _inverse_solver(self) -> Any:
+        if self.solver == "neumann":
+            return Neumann(steps=self.solver_steps, alpha="auto")
+        return _make_solver(self.solver, self.solver_steps)
+
+    def _build_module(self, n_features: int, n_outputs: int) -> nn.Module:
+        """A fresh module (under the caller's seeded random state)."""
+        kwargs = {k[len("module__"):]: v for k, v in self._module_params.items()}
+        if isinstance(self.module, nn.Module):
+            if kwargs:
+                raise ValueError(f"module__ parameters ({', '.join(self._module_params)}) need "
+                                 f"module to be a class or factory, not an instance")
+            return copy.deepcopy(self.module)
+        factory = MLP if self.module is None else self.module
+        for key, value in (("in_features", n_features), ("out_features", n_outputs)):
+            if key not in kwargs and _accepts(factory, key):
+                kwargs[key] = value
+        try:
+            built = factory(**kwargs)
+        except TypeError as error:
+            raise TypeError(f"module({', '.join(f'{k}=...' for k in kwargs)}) failed: {error}. "
+                            f"module__<name> parameters are passed to module as <name>; "
+                            f"in_features and out_features are set from the data when module "
+                            f"takes them") from error
+        if not isinstance(built, nn.Module):
+            raise ArgumentKindError(f"module(...) must return a torch.nn.Module, got "
+                                    f"{_shown(built)}")
+        return built
+
+    # -- training -----------------------------------------------------------------------------
+
+    def _train(self, X: np.ndarray, targets: np.ndarray, n_outputs: int,
+               loss_fn: Callable[[Tensor, Tensor], Tensor], stratify: np.ndarray | None,
+               target_dtype: torch.dtype | None,
+               score: Callable[[Tensor, Tensor], float]) -> None:
+        """Learn the hyperparameters on a validation split and the weights; set the learned
+        attributes (``validation_score_`` is ``score(outputs, targets)`` on the validation
+        split, before any re-training)."""
+        device, dtype = resolve_device(self.device), _torch_dtype(X)
+        rng = _seed_of(self.random_state)
+        train_idx, val_idx = _split(len(X), self.validation_fraction, rng, stratify)
+        seed = int(rng.integers(0, 2**31 - 1))
+        Xt = _to_tensor(X, dtype, device)
+        yt = torch.tensor(np.ascontiguousarray(targets), device=device,
+                          dtype=dtype if target_dtype is None else target_dtype)
+        X_tr, y_tr, X_va, y_va = Xt[train_idx], yt[train_idx], Xt[val_idx], yt[val_idx]
+        cuda = ([torch.cuda.current_device() if device.index is None else device.index]
+                if device.type == "cuda" else [])
+        with torch.random.fork_rng(devices=cuda):  # seeded, and the global state untouched
+            model, history, best = self._search(X_tr, y_tr, X_va, y_va, n_outputs, loss_fn,
+                                                seed, device, dtype, cuda)
+            with torch.no_grad():
+                self.validation_score_ = float(score(model.net.eval()(X_va), y_va))
+            if self.refit:
+                model = self._retrain(model, Xt, yt, n_outputs, loss_fn, seed, device, dtype, cuda,
+                                      steps=math.ceil(max(best["weight_step"], 1)
+                                                      * len(Xt) / len(X_tr)))
+        net = model.net.eval()
+        self.module_ = net
+        self.weight_decay_ = {name: d.cpu().double().numpy()
+                              for name, d in model.decay.decays().items()}
+        if self.weight_decay == "global":
+            self.weight_decay_ = float(next(iter(self.weight_decay_.values())))
+        self.dropout_rate_ = {name: m.rate.detach().cpu().double().numpy()
+                              for name, m in net.named_modules()
+                              if isinstance(m, ConcreteDropout)}
+        self.n_iter_ = int(history.hyper_steps[-1]["hyper_step"]) if history.hyper_steps else 1
+        self.best_iter_ = int(best["hyper_step"])
+        self.history_ = {
+            key: [float(r.get(key, math.nan)) for r in history.hyper_steps]
+            for key in ("train_loss", "val_loss", "hypergradient_norm")
+        }
+        self.history_["val_loss_full"] = [float(r["val_loss"]) for r in history.evaluations]
+        self.history_["skipped"] = int(history.skipped)
+
+    def _search(self, X_tr, y_tr, X_va, y_va, n_outputs, loss_fn, seed, device, dtype, cuda):
+        torch.manual_seed(seed)
+        for d in cuda:
+            torch.cuda.manual_seed(seed)
+        net = self._build_module(X_tr.shape[1], n_outputs).to(device=device, dtype=dtype)
+        decay = WeightDecay(net, mode=self.weight_decay, init=self.weight_decay_init)
+        model = _Regularised(net, decay)
+        n_train = len(X_tr)
+        lr, inner_lr = self.learning_rate, self.inner_learning_rate
+        keep = KeepBest("val_loss")
+        trainer = HyperTrainer(
+            model,
+            # The penalty is per data set (as in the linear estimators): a decay is
+            # MLPClassifier's alpha, and carries over unchanged to a re-training on all data.
+            train_loss=lambda m, b: loss_fn(m(b[0]), b[1]) + m.decay(m.net) / n_train,
+            val_loss=lambda m, b: loss_fn(m(b[0]), b[1]),
+            train_data=(X_tr, y_tr), val_data=(X_va, y_va),
+            batch_size=min(self.batch_size, n_train), val_batch_size=min(self.batch_size,
+                                                                         len(X_va)),
+            weight_optimizer=lambda p: torch.optim.Adam(p, lr=inner_lr),
+            hyper_optimizer=lambda p: torch.optim.Adam(p, lr=lr),
+            solver=self._inverse_solver(), inner_steps=self.inner_steps,
+            eval_data={"val": (X_va, y_va)}, eval_every=1, device=device,
+            callbacks=[keep, EarlyStopping("val_loss", patience=self.n_iter_no_change,
+                                           min_delta=self.tol)],
+            progress=bool(self.verbose), seed=seed,
+        )
+        with warnings.catch_warnings():
+            if not self.verbose:  # a diverged series is cut off and counted; say it once
+                warnings.simplefilter("ignore", NeumannDivergenceWarning)
+            history = trainer.fit(self.max_iter)
+        return model, history, keep.best_record or {"hyper_step": 0, "weight_step": 0}
+
+    def _retrain(self, searched, Xt, yt, n_outputs, loss_fn, seed, device, dtype, cuda, *,
+                 steps):
+        """The searched model's hyperparameters, fresh weights trained on all the data."""
+        torch.manual_seed(seed)
+        for d in cuda:
+            torch.cuda.manual_seed(seed)
+        net = self._build_module(Xt.shape[1], n_outputs).to(device=device, dtype=dtype)
+        model = _Regularised(net, WeightDecay(net, mode=self.weight_decay,
+                                              init=self.weight_decay_init))
+        _, hyper = split_parameters(searched)
+        _, fresh = split_parameters(model)
+        with torch.no_grad():
+            for h, f in zip(hyper, fresh):
+                f.copy_(h)
+        n, inner_lr = len(Xt), self.inner_learning_rate
+        trainer = HyperTrainer(
+            model, train_loss=lambda m, b: loss_fn(m(b[0]), b[1]) + m.decay(m.net) / n,
+            train_data=(Xt, yt), batch_size=min(self.batch_size, n),
+            weight_optimizer=lambda p: torch.optim.Adam(p, lr=inner_lr),
+            hyper_optimizer=None, inner_steps=1, device=device,
+            progress=bool(self.verbose), seed=seed,
+        )
+        trainer.fit(steps)
+        return model
+
+    @torch.no_grad()
+    def _forward(self, X: Any) -> np.ndarray:
+        """The module's outputs on ``X`` in eval mode, in batches, as float64."""
+        check_is_fitted(self)
+        X = _validate(self, X, reset=False, dtype=[np.float64, np.float32])
+        first = next(iter(self.module_.parameters()))
+        Xt = torch.as_tensor(np.ascontiguousarray(X)).to(device=first.device, dtype=first.dtype)
+        self.module_.eval()
+        chunks = [self.module_(Xt[k:k + 4096]) for k in range(0, len(Xt), 4096)]
+        return torch.cat(chunks).cpu().double().numpy()
+
+
+_NEURAL_ARGS = """
+    Args:
+        module: The network: ``None`` (an :class:`MLP`), a ``torch.nn.Module`` class or any
+            factory returning a module, called with the ``module__<name>`` parameters as
+            ``<name>`` and, when it takes them and they are not given, ``in_features``
+            (columns of ``X``) and ``out_features`` (%s); or a module instance (copied,
+            then trained). It maps a float batch ``(n, n_features)`` to ``(n, out_features)``.
+            Any :class:`~optuna_ift.HyperParameter` inside it (a
+            :class:`~optuna_ift.hyperparams.ConcreteDropout` rate) is tuned too.
+        module__<name>: Passed to ``module``, e.g. ``module__width=64``,
+            ``module__dropout=0.1`` for the default :class:`MLP`. They are parameters like
+            the others: ``get_params``, ``set_params``, ``clone`` and grid searches see them.
+        weight_decay: ``"per_weight"`` (a decay per weight, the default), ``"per_layer"`` or
+            ``"global"``; biases are not decayed.
+        weight_decay_init: Initial decay; the penalty is ``sum(decay * w**2) / 2`` divided by
+            the number of training examples, so a global decay is the ``alpha`` of
+            scikit-learn's %s.
+        validation_fraction: Share of the data held out to learn the hyperparameters%s.
+        refit: Re-train fresh weights on all the data with the learned hyperparameters (for
+            as many epochs as the search took to its best validation loss); else keep the
+            network trained on the training part.
+        solver: Inverse-Hessian-vector product of the hypergradient: ``"neumann"`` (with an
+            automatic step), ``"cg"`` or ``"identity"``.
+        solver_steps: Hessian-vector products per hypergradient.
+        learning_rate: Adam step size on the hyperparameters (log-decays, dropout logits).
+        inner_steps: Adam steps on the weights between two hyper steps.
+        inner_learning_rate: Adam step size on the weights.
+        batch_size: Mini-batch size (capped at the data size).
+        max_iter: Most hyper steps.
+        tol: Least decrease of the validation loss (absolute) that resets the patience.
+        n_iter_no_change: Patience, in hyper steps; the network and hyperparameters kept are
+            those of the lowest validation loss.
+        random_state: Seed of the split, the initial weights, the batches and dropout masks
+            (None, an int or a RandomState); torch's global random state is left as it was.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or a torch device.
+        verbose: Show progress bars when > 0.
+"""
+
+_NEURAL_ATTRIBUTES = """
+        module_: The trained module (in eval mode).
+        n_features_in_: Number of features seen in ``fit``.
+        feature_names_in_: Feature names, when ``X`` had string column names.
+        weight_decay_: Learned decays: ``{weight name: array}`` (shaped like the weight, or a
+            scalar per layer), or a float for ``"global"``.
+        dropout_rate_: Learned dropout rates of every ConcreteDropout in the module, by name.
+        validation_score_: %s on the validation split of the network trained on the
+            training part, at its best hyper step.
+        n_iter_: Hyper steps taken; ``best_iter_``: the one kept.
+        history_: Per hyper step: ``train_loss``, ``val_loss`` (one batch),
+            ``hypergradient_norm``; ``val_loss_full`` (the whole split); ``skipped``.
+"""
+
+
+class IFTNeuralNetClassifier(ClassifierMixin, _IFTNeuralNet):
+    __doc__ = f"""A neural network classifier whose weight decays (one per weight) and dropout
+    rates are learned by implicit differentiation while it trains.
+
+    Skorch-like: give any torch module with ``module=`` and its arguments as
+    ``module__<name>=``. ``fit`` holds out a stratified ``validation_fraction`` of the data
+    and runs :class:`~optuna_ift.HyperTrainer` (Algorithm 1 of Lorraine et al., 2020):
+    ``inner_steps`` Adam steps on the weights with the cross-entropy plus the penalty, then one
+    step on the log-decays (and any dropout rates) along the implicit hypergradient of the
+    validation cross-entropy; it keeps the state of the lowest validation loss, stops early
+    after ``n_iter_no_change`` hyper steps without improvement, and with ``refit=True``
+    re-trains on all the data with the learned hyperparameters. The module outputs one logit
+    per class (two for binary problems). Labels may be of any type.
+{_NEURAL_ARGS % ("the number of classes", "MLPClassifier", ", stratified by class")}
+    Attributes:
+        classes_: The class labels.{_NEURAL_ATTRIBUTES % "Accuracy"}
+    Example:
+        >>> from sklearn.datasets import load_digits
+        >>> X, y = load_digits(return_X_y=True)
+        >>> clf = IFTNeuralNetClassifier(module__width=64, random_state=0).fit(X / 16, y)
+        >>> clf.score(X / 16, y) > 0.95
+        True
+    """
+
+    def fit(self, X: Any, y: Any) -> IFTNeuralNetClassifier:
+        """Learn the hyperparameters on a validation split and the weights.
+
+        Args:
+            X: Training data, ``(n_samples, n_features)``, dense.
+            y: Class labels, ``(n_samples,)``, of any type.
+
+        Returns:
+            self
+        """
+        self._check_params()
+        X, encoded = _classes_of(self, X, y)
+        self._train(X, encoded, len(self.classes_), F.cross_entropy, stratify=encoded,
+                    target_dtype=torch.long,
+                    score=lambda out, y: (out.argmax(1) == y).double().mean())
+        return self
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """Log-probabilities, ``(n_samples, n_classes)``, columns in the order of
+        ``classes_``."""
+        return log_softmax(self._forward(X), axis=1)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, ``(n_samples, n_classes)``, columns in the order of
+        ``classes_``."""
+        return softmax(self._forward(X), axis=1)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each sample."""
+        index = self._forward(X).argmax(axis=1)
+        return self.classes_[index]
+
+
+class IFTNeuralNetRegressor(RegressorMixin, _IFTNeuralNet):
+    __doc__ = f"""A neural network regressor whose weight decays (one per weight) and dropout
+    rates are learned by implicit differentiation while it trains.
+
+    As :class:`IFTNeuralNetClassifier`, with half the mean squared error of the targets
+    standardised with the mean and deviation of the training data (predictions are scaled
+    back); ``y`` of shape ``(n_samples, n_outputs)`` fits one output per column.
+{_NEURAL_ARGS % ("the number of targets", "MLPRegressor (on standardised targets)", "")}
+    Attributes:
+        n_outputs_: Number of targets.{_NEURAL_ATTRIBUTES % "R^2 (averaged over targets)"}
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def fit(self, X: Any, y: Any) -> IFTNeuralNetRegressor:
+        """Learn the hyperparameters on a validation split and the weights.
+
+        Args:
+            X: Training data, ``(n_samples, n_features)``, dense.
+            y: Targets, ``(n_samples,)`` or ``(n_samples, n_outputs)``.
+
+        Returns:
+            self
+        """
+        self._check_params()
+        X, y = _validate(self, X, y, dtype=[np.float64, np.float32], y_numeric=True,
+                         multi_output=True)
+        if np.asarray(y).dtype.kind not in "biuf":
+            raise ValueError(f"y must hold numbers (the regression targets), got an array of "
+                             f"dtype {np.asarray(y).dtype}")
+        y = np.asarray(y, dtype=np.float64)
+        self._single = y.ndim == 1
+        Y = y.reshape(len(y), -1)
+        self.n_outputs_ = Y.shape[1]
+        self._y_mean = Y.mean(axis=0)
+        scale = Y.std(axis=0)
+        self._y_scale = np.where(scale > 0, scale, 1.0)
+        Z = (Y - self._y_mean) / self._y_scale
+        self._train(X, Z, self.n_outputs_, _half_mse, stratify=None, target_dtype=None,
+                    score=_r2)
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted targets, ``(n_samples,)`` (or ``(n_samples, n_outputs)`` when fitted on
+        a 2D ``y``)."""
+        out = self._forward(X) * self._y_scale + self._y_mean
+        return out[:, 0] if self._single else out
+
+
+def _half_mse(output: Tensor, target: Tensor) -> Tensor:
+    return 0.5 * ((output - target) ** 2).mean()
+
+
+def _r2(output: Tensor, target: Tensor) -> Tensor:
+    """R^2 averaged over the columns (0 for a constant column)."""
+    residual = ((output - target) ** 2).sum(0)
+    total = ((target - target.mean(0)) ** 2).sum(0)
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    return torch.where(total > 0, 1 - residual / safe, torch.zeros_like(total)).mean()
 
 
 # ------------------------------------------------------------------------------------------

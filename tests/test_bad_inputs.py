@@ -1062,7 +1062,7 @@ CASES = [
     case("IFTLogisticRegression-random_state=str", lambda c: lr_fit(random_state="seed"),
          TypeError, r"random_state must be None, an integer or a numpy RandomState"),
     case("IFTLogisticRegression-device=gpu", lambda c: lr_fit(device="gpu"), ValueError,
-         r"device must be 'auto' or a torch device"),
+         r'device must be "auto" \(CUDA when present\), "cpu", "cuda".*got \'gpu\''),
     # -- scikit-learn: bad X and y --------------------------------------------------------------
     case("IFTLogisticRegression.fit-one-class", lambda c: lr_fit(y_=np.zeros(30)), ValueError,
          r"\by\b.*2 classes|2 classes.*\by\b"),

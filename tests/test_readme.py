@@ -21,7 +21,7 @@ def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch):
     pytest.importorskip("lightning")  # one block trains under lightning.Trainer
     monkeypatch.chdir(tmp_path)
     blocks = python_blocks()
-    assert len(blocks) == 7
+    assert len(blocks) == 8
     namespace: dict = {"__name__": "readme"}
     for k, block in enumerate(blocks):
         exec(compile(block, f"README.md, python block {k + 1}", "exec"), namespace)  # noqa: S102
@@ -43,3 +43,4 @@ def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch):
     assert len(study.trials) == 10 and study.best_trial.user_attrs["ift:final_val_metric"] > 0.8
     assert any((tmp_path / "runs" / "artifacts").iterdir())
     assert namespace["clf"].score(namespace["X_test"], namespace["y_test"]) > 0.9
+    assert namespace["net"].score(namespace["X_test"], namespace["y_test"]) > 0.9  # neural
