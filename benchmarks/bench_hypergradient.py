@@ -26,6 +26,10 @@ Sections:
 3. memory: peak memory of ours (Neumann) and of unrolled differentiation against ``i`` (see
    :func:`peak_memory` for how it is measured on the CPU).
 
+4. along a trajectory of joint training (``--trajectory-only`` runs it alone): every solver and
+   mode, stateful ones keeping their state, computes the hypergradient at each hyper step;
+   amortised cost in GE and cosine to the cold Neumann(10) / Neumann(20) hypergradients.
+
 Conventions (checked in section 1, see also benchmarks/README.md):
 
 * torchopt's ``linalg.ns(matvec, b, maxiter=i, alpha=a)`` returns ``a * sum_{j=0..i} (I - a A)^j b``
