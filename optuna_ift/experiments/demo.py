@@ -16,6 +16,7 @@ from any number of processes or machines (heartbeats, retries, resume from check
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -496,16 +497,26 @@ def run_worker(
     if total_trials is not None:
         _check_int("total_trials", total_trials, 1)
     device, joined = _join_launched_group(device)
+    finished = False
     try:
-        return _work(storage=storage, study_name=study_name, n_trials=n_trials, out=Path(out),
-                     seed=seed, device=device, heartbeat_interval=heartbeat_interval,
-                     grace_period=grace_period, max_retry=max_retry,
-                     total_trials=total_trials, hyper_steps=hyper_steps,
-                     checkpoint_every=checkpoint_every, step_seconds=step_seconds,
-                     pruner=pruner, data_seed=data_seed)
+        result = _work(storage=storage, study_name=study_name, n_trials=n_trials,
+                       out=Path(out), seed=seed, device=device,
+                       heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                       max_retry=max_retry, total_trials=total_trials,
+                       hyper_steps=hyper_steps, checkpoint_every=checkpoint_every,
+                       step_seconds=step_seconds, pruner=pruner, data_seed=data_seed)
+        finished = True
+        return result
     finally:
         if joined:
+            if finished:
+                torch.distributed.barrier()  # leave the group together
             torch.distributed.destroy_process_group()
+            # Objects of the finished trials (trainers, distributed trials) that sit in
+            # reference cycles still hold the group's gloo context: freed only at interpreter
+            # exit, its threads were sometimes destroyed while running, and the process died
+            # on std::terminate (SIGABRT) after all its work was done. Free them now.
+            gc.collect()
 
 
 def _join_launched_group(device: str) -> tuple[str, bool]:
