@@ -54,15 +54,18 @@ def is_distributed_trial(trial: Any) -> bool:
 
 
 def _objects_group() -> Any:
-    """The group to broadcast Python objects over: the default one when it is gloo, else a
-    gloo group over the same processes (made once; every process makes it at the same call,
-    as ``new_group`` requires), so objects never travel through GPU memory."""
+    """The group to broadcast Python objects over: the default one (``None``) when it is
+    gloo, else a gloo group over the same processes (made once; every process makes it at the
+    same call, as ``new_group`` requires), so objects never travel through GPU memory.
+
+    The default group is never kept here: a module-level reference to it kept its gloo
+    context alive until interpreter exit, where tearing it down killed finished processes
+    with ``std::terminate`` (SIGABRT)."""
     global _object_group
+    if torch.distributed.get_backend() == "gloo":
+        return None
     if _object_group is None:
-        if torch.distributed.get_backend() == "gloo":
-            _object_group = torch.distributed.group.WORLD
-        else:
-            _object_group = torch.distributed.new_group(backend="gloo")
+        _object_group = torch.distributed.new_group(backend="gloo")
     return _object_group
 
 
