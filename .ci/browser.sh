@@ -15,23 +15,7 @@ _ift_ensure_chromium() {
         echo "== Chromium present ($(/usr/bin/chromium --version 2>/dev/null || echo /usr/bin/chromium))"
         return 0
     fi
-    local sudo=""
-    if [ "$(id -u)" != 0 ]; then
-        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-            sudo="sudo -n"
-        else
-            echo "error: Chromium is missing and installing it needs root (apt-get install -y chromium chromium-driver)" >&2
-            return 1
-        fi
-    fi
-    if ! command -v apt-get >/dev/null 2>&1; then
-        echo "error: Chromium is missing and apt-get is not available to install it" >&2
-        return 1
-    fi
-    echo "== installing Chromium (Debian packages chromium, chromium-driver)"
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq || return 1
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        chromium chromium-driver || return 1
+    bash "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh" Chromium chromium chromium-driver || return 1
     if ! _ift_have_chromium; then
         echo "error: installed chromium but found no /usr/bin/chromium" >&2
         return 1

@@ -24,23 +24,7 @@ _ift_ensure_postgres() {
         echo "== PostgreSQL server binaries present"
         return 0
     fi
-    local sudo=""
-    if [ "$(id -u)" != 0 ]; then
-        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-            sudo="sudo -n"
-        else
-            echo "error: PostgreSQL is missing and installing it needs root (apt-get install -y postgresql)" >&2
-            return 1
-        fi
-    fi
-    if ! command -v apt-get >/dev/null 2>&1; then
-        echo "error: PostgreSQL is missing and apt-get is not available to install it" >&2
-        return 1
-    fi
-    echo "== installing PostgreSQL (Debian package postgresql)"
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq || return 1
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql \
-        || return 1
+    bash "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh" PostgreSQL postgresql || return 1
     if ! _ift_have_postgres; then
         echo "error: installed postgresql but found no initdb/pg_ctl in /usr/lib/postgresql/*/bin" >&2
         return 1
