@@ -8,14 +8,13 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from optuna_ift import ConjugateGradient, Identity, Neumann
 from optuna_ift.hyperparams import HyperParameter
 from optuna_ift.trainer import HyperTrainer
-from tests._ranks import WORLD, spawn_ranks
+from tests._ranks import WORLD, gloo_group, spawn_ranks
 
 SOLVERS = {"neumann": Neumann(steps=5, alpha="auto"), "cg": ConjugateGradient(steps=8),
            "identity": Identity()}
@@ -66,13 +65,9 @@ def run(solver: str, rank_seed: int = 0) -> tuple[dict, list[int]]:
 
 
 def _worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
+    with gloo_group(rank, port):
         results = {name: run(name, rank_seed=rank) for name in SOLVERS}
         torch.save(results, os.path.join(folder, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +90,9 @@ def test_two_processes_take_the_one_process_steps(two_ranks, solver):
 
 
 def _bad_inputs_worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    errors = {}
-    try:
+    with gloo_group(rank, port):
+        errors = {}
+
         def make(**kwargs):
             torch.manual_seed(0)
             options = dict(train_loss=train_loss, val_loss=val_loss, train_data=data(96, 1),
@@ -126,8 +120,6 @@ def _bad_inputs_worker(rank: int, port: int, folder: str) -> None:
         except RuntimeError as error:
             errors["drift"] = str(error)
         torch.save(errors, os.path.join(folder, f"errors{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_bad_inputs_of_a_process_group_are_clear_errors(tmp_path):
@@ -175,9 +167,7 @@ def _loader_run(world: int, rank: int, own_sampler: bool = True) -> dict:
 def _loader_worker(rank: int, port: int, folder: str) -> None:
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
+    with gloo_group(rank, port):
         runs = {own: _loader_run(WORLD, rank, own_sampler=own) for own in (True, False)}
         # A shuffled loader without DistributedSampler gets a shuffled one of this rank.
         trainer = HyperTrainer(
@@ -194,8 +184,6 @@ def _loader_worker(rank: int, port: int, folder: str) -> None:
                  "drop_last": trainer.train_data.drop_last,
                  "order": list(sampler)}
         torch.save({"runs": runs, "given": given}, os.path.join(folder, f"loader{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

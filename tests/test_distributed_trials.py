@@ -10,7 +10,6 @@ import os
 import optuna
 import pytest
 import torch
-import torch.distributed as dist
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -25,7 +24,7 @@ from optuna_ift.integration import (
     run_trainer,
 )
 from optuna_ift.trainer import HyperTrainer
-from tests._ranks import WORLD, spawn_ranks
+from tests._ranks import WORLD, gloo_group, spawn_ranks
 from tests.test_data_parallel import DecayedLinear, data, train_loss, val_loss
 
 PRUNED = 1  # the trial number the pruner prunes at its first report
@@ -48,31 +47,29 @@ def make_trainer(lr: float, seed: int) -> HyperTrainer:
 
 
 def _worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    os.makedirs(os.path.join(folder, "artifacts"), exist_ok=True)
-    store = FileSystemArtifactStore(os.path.join(folder, "artifacts"))
-    seen: list[dict] = []
+    with gloo_group(rank, port):
+        os.makedirs(os.path.join(folder, "artifacts"), exist_ok=True)
+        store = FileSystemArtifactStore(os.path.join(folder, "artifacts"))
+        seen: list[dict] = []
 
-    def objective(trial) -> float:
-        lr = trial.suggest_float("lr", 0.05, 0.5, log=True)
-        width = trial.suggest_int("width", 1, 9)  # sampled, shared, unused
-        record = {"number": trial.number, "params": dict(trial.params), "width": width}
-        seen.append(record)
-        # Different initial weights per rank: rank 0's are broadcast by the trainer.
-        trainer = make_trainer(lr, seed=100 * rank + trial.number)
-        try:
-            record["value"] = run_trainer(trial, trainer, hyper_steps=6, artifact_store=store,
-                                          checkpoint_every=2)
-        except optuna.TrialPruned:
-            record["value"] = "pruned"
-            raise
-        finally:
-            record["log_decay"] = trainer.model.log_decay.detach().clone()
-            record["hyper_step"] = trainer.hyper_step
-        return record["value"]
+        def objective(trial) -> float:
+            lr = trial.suggest_float("lr", 0.05, 0.5, log=True)
+            width = trial.suggest_int("width", 1, 9)  # sampled, shared, unused
+            record = {"number": trial.number, "params": dict(trial.params), "width": width}
+            seen.append(record)
+            # Different initial weights per rank: rank 0's are broadcast by the trainer.
+            trainer = make_trainer(lr, seed=100 * rank + trial.number)
+            try:
+                record["value"] = run_trainer(trial, trainer, hyper_steps=6, artifact_store=store,
+                                              checkpoint_every=2)
+            except optuna.TrialPruned:
+                record["value"] = "pruned"
+                raise
+            finally:
+                record["log_decay"] = trainer.model.log_decay.detach().clone()
+                record["hyper_step"] = trainer.hyper_step
+            return record["value"]
 
-    try:
         study = None
         if rank == 0:
             storage = JournalStorage(JournalFileBackend(os.path.join(folder, "study.log")))
@@ -91,8 +88,6 @@ def _worker(rank: int, port: int, folder: str) -> None:
                 refusal = str(error)
             study.tell(asked, state=TrialState.FAIL)
         torch.save({"seen": seen, "refusal": refusal}, os.path.join(folder, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
