@@ -17,23 +17,31 @@ train + validation when the method's recipe says so. The test set is evaluated o
 after its training, and only recorded (a user attribute, and the best-so-far curve from which
 the time to reach TPE's accuracy is read); :func:`select_trial` sees the trials' values only.
 
-Methods (``--methods``, default all but ``tpe-refit``):
+Methods (``--methods``; the default runs the first eight):
 
 ``tpe``            TPE over the learning rate, the width and one global decay; a weights-only
                    trainer (``hyper_optimizer=None``: the decay stays as sampled).
 ``random``         Random search over the same space, the same trainer.
-``tpe-refit``      ``tpe``, its pick re-trained on train + validation (the control for
-                   ``hybrid-refit``).
-``hybrid``         TPE through :class:`~optuna_ift.integration.HybridSampler` over the learning
-                   rate and the width; inside each trial a decay per weight (starting at
-                   ``--init-decay``) is tuned by implicit hypergradients on the validation loss.
-``lamarck``        ``hybrid``, but TPE also samples the initial (global) decay and learns from
-                   the geometric mean of the learned decays (``record_refined``).
-``hybrid-refit``   ``hybrid``, its pick re-trained on train + validation with the learned decays
-                   fixed (the paper's Section 5.6), for as many weight steps as the kept state had.
-``hybrid-heldout`` ``hybrid``, but a slice of the validation data (``--heldout-share``) is held out
-                   from the hypergradient and is the selection data: the trial's value, early
-                   stopping and keep-best read it.
+``hybrid``         The project's recipe. TPE through :class:`~optuna_ift.integration.HybridSampler`
+                   over the learning rate, the width and the global decay that a decay *per
+                   weight* starts from; inside each trial implicit hypergradients tune the
+                   per-weight decays on the validation loss. Train + validation is re-split with
+                   ``--val-share`` of validation (the paper's Section 5.6: more validation data
+                   when the hyperparameters are many), and the pick is re-trained on all of it
+                   with its learned decays fixed, for as many weight steps as its kept state had.
+``hybrid-plain``   No recipe: per-weight decays from ``--init-decay``, TPE over the learning rate
+                   and the width, the split as given, no re-training.
+``tpe-share-refit`` ``tpe`` on ``hybrid``'s re-split, its pick re-trained on all of it: the
+                   control that tells the recipe's split and re-training from what IFT adds.
+``hybrid-refit``   ``hybrid-plain``, its pick re-trained on train + validation.
+``lamarck``        ``hybrid-plain``, but TPE also samples the initial (global) decay and learns
+                   from the geometric mean of the learned decays (``record_refined``).
+``hybrid-heldout`` ``hybrid-plain``, but a slice of the validation data (``--heldout-share``) is
+                   held out from the hypergradient and is the selection data: the trial's value,
+                   early stopping and keep-best read it.
+``tpe-refit``      ``tpe``, its pick re-trained on train + validation (the given split).
+``hybrid-global-refit`` ``hybrid`` on the split as given.
+``hybrid-share-refit`` ``hybrid`` without the sampled global decay (from ``--init-decay``).
 
 The methods of one seed run one after another in this process, in an order rotated from seed
 to seed (``--order``), so a machine shared with other jobs does not favour one method
@@ -88,6 +96,10 @@ class Method:
         refit: The pick is re-trained on train + validation with its decays fixed.
         heldout: A share of the validation data is held out from the hypergradient and is the
             selection data (value, early stopping, keep-best).
+        val_share: The method re-splits train + validation with this share of validation
+            (``--val-share``; the paper's Section 5.6: more validation data when the
+            hyperparameters are many, the pick re-trained on all of it); ``False``: the split
+            as given.
     """
 
     sampler: str
@@ -96,18 +108,27 @@ class Method:
     lamarck: bool = False
     refit: bool = False
     heldout: bool = False
+    val_share: bool = False
 
 
 METHODS: dict[str, Method] = {
     "tpe": Method("tpe", samples_decay=True, learns_decay=False),
     "random": Method("random", samples_decay=True, learns_decay=False),
     "tpe-refit": Method("tpe", samples_decay=True, learns_decay=False, refit=True),
-    "hybrid": Method("hybrid", samples_decay=False, learns_decay=True),
+    "tpe-share-refit": Method("tpe", samples_decay=True, learns_decay=False, refit=True,
+                              val_share=True),
+    "hybrid": Method("hybrid", samples_decay=True, learns_decay=True, refit=True,
+                     val_share=True),
+    "hybrid-plain": Method("hybrid", samples_decay=False, learns_decay=True),
     "lamarck": Method("hybrid", samples_decay=True, learns_decay=True, lamarck=True),
     "hybrid-refit": Method("hybrid", samples_decay=False, learns_decay=True, refit=True),
     "hybrid-heldout": Method("hybrid", samples_decay=False, learns_decay=True, heldout=True),
+    "hybrid-global-refit": Method("hybrid", samples_decay=True, learns_decay=True, refit=True),
+    "hybrid-share-refit": Method("hybrid", samples_decay=False, learns_decay=True, refit=True,
+                                 val_share=True),
 }
-DEFAULT_METHODS = ("tpe", "random", "hybrid", "lamarck", "hybrid-refit", "hybrid-heldout")
+DEFAULT_METHODS = ("tpe", "random", "hybrid", "hybrid-plain", "tpe-share-refit", "hybrid-refit",
+                   "lamarck", "hybrid-heldout")
 
 #: Default (train, validation, test) sizes; ``None`` is the loader's default (digits: 64/16/20
 #: per cent of 1797 images; the torchvision sets: their whole official test set).
@@ -161,6 +182,15 @@ def split_heldout(x: torch.Tensor, y: torch.Tensor, share: float, seed: int
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(y.device)
     keep, out = perm[n_out:], perm[:n_out]
     return (x[keep], y[keep]), (x[out], y[out])
+
+
+def resplit(data: Data, share: float, seed: int) -> Data:
+    """``data`` with train + validation re-split at random into ``1 - share`` / ``share``
+    (test untouched); the same for every method of ``seed``."""
+    x = torch.cat([data.x_train, data.x_val])
+    y = torch.cat([data.y_train, data.y_val])
+    (x_train, y_train), (x_val, y_val) = split_heldout(x, y, share, seed + 1)
+    return dataclasses.replace(data, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
 
 
 # -- model and losses --------------------------------------------------------------------------
@@ -318,6 +348,8 @@ def run_method(name: str, data: Data, args: argparse.Namespace, seed: int) -> di
     """One study of ``name`` on ``data`` within the budget; the pick's test scores and the
     best-so-far curve (time since the start, trial, value, test accuracy)."""
     method = METHODS[name]
+    if method.val_share:
+        data = resplit(data, args.val_share, seed)
     kept: dict[int, dict[str, Any]] = {}
     objective = make_objective(method, data, args, seed, kept)
     study = optuna.create_study(sampler=make_sampler(method, args, seed))
@@ -556,6 +588,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="initial per-weight decay of hybrid, hybrid-refit, hybrid-heldout")
     p.add_argument("--heldout-share", type=float, default=0.5,
                    help="share of the validation data that hybrid-heldout holds out")
+    p.add_argument("--val-share", type=float, default=0.5,
+                   help="validation share of train + validation for the *-share-* methods")
     p.add_argument("--startup", type=int, default=5, help="TPE's random trials")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -571,8 +605,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--dataset {args.dataset} needs --data-root (a folder in torchvision's layout)")
     if args.seeds < 1 or args.budget_s <= 0 or args.weight_steps < 1:
         p.error("--seeds, --budget-s and --weight-steps must be positive")
-    if not 0 < args.heldout_share < 1:
-        p.error(f"--heldout-share must be in (0, 1), got {args.heldout_share}")
+    for name in ("heldout_share", "val_share"):
+        if not 0 < getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be in (0, 1), got {getattr(args, name)}")
     defaults = DEFAULT_SIZES[args.dataset]
     if args.train_size is None:
         args.train_size = defaults[0]

@@ -242,7 +242,8 @@ def _demo(args: argparse.Namespace) -> None:
     # went, and the optuna-dashboard command (passwords masked).
     demo(n_trials=args.n_trials, out=args.out, storage=args.storage,
          hyper_steps=args.hyper_steps, seed=args.seed, device=args.device,
-         show_progress=not args.no_progress, timeout=args.timeout)
+         show_progress=not args.no_progress, timeout=args.timeout,
+         baseline=not args.no_baseline)
 
 
 def _launch_group(args: argparse.Namespace) -> None:
@@ -483,6 +484,9 @@ def build_parser() -> CommandParser:
                    "(default: %(default)s)")
     p.add_argument("--device", type=_device, default="auto", help=device_help)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the weights-only TPE run (as long as the hybrid trials took) "
+                   "whose best trial's test accuracy is shown beside the hybrid's")
     p.set_defaults(run=_demo)
 
     p = commands.add_parser(

@@ -1316,6 +1316,8 @@ CASES = [
          rf"seed must be an {INT} >= 0"),
     case("demo-show_progress=str", lambda c: ex.demo(show_progress="no", out=c.tmp), TypeError,
          r"show_progress must be a bool"),
+    case("demo-baseline=str", lambda c: ex.demo(baseline="no", out=c.tmp), TypeError,
+         r"baseline must be a bool"),
     case("demo-storage=unknown", lambda c: ex.demo(storage="foo://bar", out=c.tmp), ValueError,
          r"storage 'foo://bar' names the unknown database"),
     case("demo-device=gpu", lambda c: ex.demo(device="gpu", out=c.tmp, n_trials=1,

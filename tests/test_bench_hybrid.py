@@ -45,8 +45,8 @@ def test_json_keys_and_one_entry_per_seed(bench, timed):
     out, written = timed
     assert {"methods", "summary", "config", "data"} <= set(written)
     assert set(written["methods"]) == set(bench.DEFAULT_METHODS)
-    assert {"tpe", "hybrid", "random", "lamarck", "hybrid-refit", "hybrid-heldout"} <= set(
-        written["methods"])
+    assert {"tpe", "hybrid", "random", "hybrid-plain", "tpe-share-refit", "lamarck",
+            "hybrid-refit", "hybrid-heldout"} <= set(written["methods"])
     for name, r in written["methods"].items():
         for key in ("test_accuracy", "test_loss", "best_at_s", "val_loss", "elapsed_s",
                     "trials", "selected_trial", "selected_params", "curves"):
@@ -58,7 +58,8 @@ def test_json_keys_and_one_entry_per_seed(bench, timed):
     params = written["methods"]
     assert set(params["tpe"]["selected_params"][0]) == {"lr", "width", "decay"}
     assert set(params["random"]["selected_params"][0]) == {"lr", "width", "decay"}
-    assert set(params["hybrid"]["selected_params"][0]) == {"lr", "width"}
+    assert set(params["hybrid"]["selected_params"][0]) == {"lr", "width", "decay"}
+    assert set(params["hybrid-plain"]["selected_params"][0]) == {"lr", "width"}
     assert set(params["lamarck"]["selected_params"][0]) == {"lr", "width", "decay"}
     summary = written["summary"]
     assert summary["target_test_accuracy"] == pytest.approx(
@@ -116,6 +117,22 @@ def test_the_test_split_is_never_used_for_selection(bench, monkeypatch):
         assert a["val_loss"] == b["val_loss"], name
         assert a["test_accuracy"] != b["test_accuracy"], name  # the scrambling took effect
         assert b["test_accuracy"][0] < 0.5, name
+
+
+def test_the_recipes_resplit_moves_only_train_and_validation(bench):
+    args = bench.parse_args(["--dataset", "digits", "--quiet"])
+    data = bench.load_data(args, 3)
+    again = bench.resplit(data, 0.5, 3)
+    same = bench.resplit(data, 0.5, 3)  # the same for every method of a seed
+    assert torch.equal(again.x_val, same.x_val) and torch.equal(again.y_train, same.y_train)
+    n = len(data.y_train) + len(data.y_val)
+    assert len(again.y_val) == round(0.5 * n) and len(again.y_train) == n - len(again.y_val)
+    assert torch.equal(again.x_test, data.x_test) and torch.equal(again.y_test, data.y_test)
+
+    def rows(*xs):
+        return sorted(map(tuple, torch.cat(xs).tolist()))
+
+    assert rows(again.x_train, again.x_val) == rows(data.x_train, data.x_val)
 
 
 def test_select_trial_reads_only_the_values(bench):

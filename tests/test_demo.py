@@ -58,8 +58,18 @@ def test_demo_writes_results_and_figures(tmp_path, capsys):
     for name in ("demo.png", "demo_history.png", "demo_importances.png", "demo_decays.png",
                  "demo_curve.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+    # Beside it, the weights-only baseline: TPE with one global decay, for as long as the
+    # hybrid trials took, its best trial's test accuracy printed beside the hybrid's.
+    base = saved["weights_only"]
+    assert base["trials"] >= 1 and base["seconds"] >= base["budget_seconds"] > 0
+    assert set(base["best"]) >= {"lr", "width", "inner_steps", "decay", "test_accuracy"}
+    assert 0.0 <= base["best"]["test_accuracy"] <= 1.0
+    assert "What IFT bought" in printed
+    assert f"{best['test_accuracy']:.1%}" in printed
+    assert f"{base['best']['test_accuracy']:.1%}" in printed
     # Running it again continues the same study (journal file under out).
-    again = demo(n_trials=1, hyper_steps=6, out=tmp_path, show_progress=False)
+    again = demo(n_trials=1, hyper_steps=6, out=tmp_path, show_progress=False, baseline=False)
+    assert again["weights_only"] is None
     assert sum(again["states"].values()) == 5
 
 

@@ -88,6 +88,7 @@ def make_objective(
     seed: int = 0,
     device: str | torch.device = "auto",
     step_seconds: float = 0.0,
+    learn_decays: bool = True,
 ) -> Callable[[optuna.Trial], float]:
     """The demo's objective: sample lr, width, inner steps; IFT tunes a decay per weight.
 
@@ -95,6 +96,10 @@ def make_objective(
     (hidden units, 32 to 128 by 32), ``inner_steps`` (weight steps per hyper step, 2 to 10).
     The log-decays get Adam with ``hyper_lr``; hypergradients use
     ``Neumann(neumann_steps, alpha="auto")``. The value is the final validation loss.
+
+    With ``learn_decays=False`` it is the weights-only baseline the demo compares with: Optuna
+    also samples one global ``decay`` (log-uniform in [1e-6, 1e-1]), every weight keeps it
+    (``hyper_optimizer=None``), and nothing is warm-started.
 
     Args:
         data: The data (train for the weights, val for the decays and the objective; test is
@@ -115,7 +120,10 @@ def make_objective(
         device: ``"auto"`` (CUDA when present) or a ``torch.device``.
         step_seconds: Sleep this long after each hyper step (only to make trials slow enough
             to be interrupted in tests of distributed runs).
+        learn_decays: ``False``: the weights-only baseline above.
     """
+    if not isinstance(learn_decays, bool):
+        raise TypeError(f"learn_decays must be a bool, got {type(learn_decays).__name__}")
     device_ = resolve_device(device)
     data = data.to(device_)
     inverse = Neumann(steps=neumann_steps, alpha="auto") if solver is None else check_solver(
@@ -125,11 +133,13 @@ def make_objective(
         lr = trial.suggest_float("lr", 1e-3, 3e-2, log=True)
         width = trial.suggest_int("width", 32, 128, step=32)
         inner_steps = trial.suggest_int("inner_steps", 2, 10)
+        decay = (init_decay if learn_decays
+                 else trial.suggest_float("decay", 1e-6, 1e-1, log=True))
         trial_seed = seed + trial.number
         with torch.random.fork_rng(devices=[]):  # seeded init, global state untouched
             torch.manual_seed(trial_seed)
             net = make_classifier("mlp", data.shape, data.num_classes, hidden=width)
-            model = DecayedClassifier(net, init_decay=init_decay)
+            model = DecayedClassifier(net, init_decay=decay)
         callbacks = []
         if step_seconds > 0:
             callbacks.append(_Sleep(step_seconds))
@@ -138,7 +148,8 @@ def make_objective(
             train_data=(data.X_train, data.y_train), val_data=(data.X_val, data.y_val),
             batch_size=batch_size,
             weight_optimizer=lambda p: torch.optim.Adam(p, lr=lr),
-            hyper_optimizer=lambda p: torch.optim.Adam(p, lr=hyper_lr),
+            hyper_optimizer=(lambda p: torch.optim.Adam(p, lr=hyper_lr)) if learn_decays
+            else None,
             solver=inverse, inner_steps=inner_steps,
             alpha_every=10,
             eval_data={"val": (data.X_val, data.y_val), "test": (data.X_test, data.y_test)},
@@ -149,7 +160,7 @@ def make_objective(
         trial.set_user_attr(ATTR_HOST, socket.gethostname())
         return run_trainer(trial, trainer, hyper_steps=hyper_steps,
                            artifact_store=artifact_store, checkpoint_every=checkpoint_every,
-                           warm_start=warm_start)
+                           warm_start=warm_start and learn_decays)
 
     return objective
 
@@ -308,6 +319,7 @@ def demo(
     timeout: float | None = None,
     top: int = 5,
     step_seconds: float = 0.0,
+    baseline: bool = True,
 ) -> dict[str, Any]:
     """Run the demo study and write ``results.json`` and figures to ``out``.
 
@@ -333,12 +345,18 @@ def demo(
         top: Rows of the table of best trials.
         step_seconds: Pause after each hyper step (only to make trials slow enough to be
             interrupted in tests).
+        baseline: Then run the weights-only baseline (:func:`make_objective` with
+            ``learn_decays=False``: TPE also samples one global decay, nothing learns it) in a
+            study of its own, in memory, for as long as the hybrid study's trials took in all,
+            and compare the test accuracy of the two best trials (each picked by its
+            validation loss): what the decays learned by IFT bought on this split.
 
     Returns:
         The results (also in ``out/results.json``): trial states, the best trials, the
         parameter importances, the best trial's learned decays (log10) and validation curve,
         the storage and the ``optuna-dashboard`` command (both with the password masked),
-        ``neumann_cutoffs`` (Neumann series cut off, counted instead of warned), ``seconds``.
+        ``neumann_cutoffs`` (Neumann series cut off, counted instead of warned), ``seconds``,
+        and with ``baseline`` ``weights_only`` (its trials, seconds and best trial).
     """
     _check_int("n_trials", n_trials, 1)
     _check_int("hyper_steps", hyper_steps, 1)
@@ -346,8 +364,9 @@ def demo(
     _check_int("top", top, 1)
     if timeout is not None:
         _check_positive("timeout", timeout)
-    if not isinstance(show_progress, bool):
-        raise TypeError(f"show_progress must be a bool, got {type(show_progress).__name__}")
+    for name, flag in (("show_progress", show_progress), ("baseline", baseline)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     resolve_device(device)  # refused before the study is created or any data is read
     started = time.perf_counter()
     out = Path(out)
@@ -386,6 +405,11 @@ def demo(
     cutoffs = cut.value
 
     summary = _summarise(study, store, top=top)
+    weights_only = None
+    if baseline:
+        weights_only = _weights_only_baseline(
+            data, out / "weights-only", seconds=_trial_seconds(study), hyper_steps=hyper_steps,
+            seed=seed, device=device, show_progress=show_progress)
     dashboard = _dashboard_command(storage_str, artifacts)
     results: dict[str, Any] = {
         "study": "demo",
@@ -405,6 +429,7 @@ def demo(
                               "Neumann(3, alpha='auto')"},
         **summary,
         "neumann_cutoffs": cutoffs,
+        "weights_only": weights_only,
         "seconds": time.perf_counter() - started,
     }
     write_results(out, results)
@@ -420,11 +445,76 @@ def demo(
     if cutoffs:
         print(f"{cutoffs} Neumann series cut off where their terms grew (the hypergradient "
               "kept the terms before; counted here instead of one warning each)")
+    if weights_only is not None:
+        print(_format_comparison(results))
     print(f"\nresults and figures: {out}  ({results['seconds']:.0f} s)")
     print(dashboard)
     if mask_password(storage_str) != storage_str:
         print("(the password is shown as ***: put it back to run the command)")
     return results
+
+
+def _trial_seconds(study: optuna.Study) -> float:
+    """The time the study's finished trials took, in all."""
+    return sum((t.datetime_complete - t.datetime_start).total_seconds()
+               for t in study.get_trials(deepcopy=False)
+               if t.datetime_complete is not None and t.datetime_start is not None)
+
+
+def _weights_only_baseline(data: ClassificationData, out: Path, *, seconds: float,
+                           hyper_steps: int, seed: int, device: str,
+                           show_progress: bool) -> dict[str, Any]:
+    """TPE over the same space plus one global decay, weights-only trainers, for ``seconds``
+    (at least one trial) in a study in memory; its trials' artifacts go under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(str(out))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=8),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=10))
+    objective = make_objective(data=data, artifact_store=store, hyper_steps=hyper_steps,
+                               checkpoint_every=None, seed=seed, device=device,
+                               learn_decays=False)
+    started = time.perf_counter()
+
+    def enough(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if time.perf_counter() - started >= seconds:
+            study.stop()
+
+    try:
+        study.optimize(objective, callbacks=[enough], show_progress_bar=show_progress,
+                       gc_after_trial=False)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
+                and t.value is not None and math.isfinite(t.value)]
+    best = min(complete, key=lambda t: (t.value, t.number), default=None)
+    return {
+        "trials": len(study.trials), "seconds": time.perf_counter() - started,
+        "budget_seconds": seconds,
+        "sampler": "TPESampler(n_startup_trials=8)",
+        "search_space": {"lr": "log-uniform [1e-3, 3e-2]", "width": "32..128 step 32",
+                         "inner_steps": "2..10", "decay": "log-uniform [1e-6, 1e-1], global"},
+        "best": None if best is None else {
+            "number": best.number, "val_loss": best.value, **best.params,
+            "val_accuracy": best.user_attrs.get("ift:final_val_metric"),
+            "test_accuracy": best.user_attrs.get("ift:final_test_metric")},
+    }
+
+
+def _format_comparison(results: dict[str, Any]) -> str:
+    hybrid, base = results["best"], results["weights_only"]
+    if hybrid is None or base["best"] is None:
+        return "\nno finished trial to compare with the weights-only baseline"
+    trials = sum(results["states"].values())
+    return (f"\nWhat IFT bought (best trial by validation loss, test accuracy on "
+            f"{results['n_test']} held-out digits):\n"
+            f"  hybrid (a decay per weight, learned): {hybrid['test_accuracy']:.1%}  "
+            f"({trials} trials)\n"
+            f"  weights-only TPE (+ one global decay): {base['best']['test_accuracy']:.1%}  "
+            f"({base['trials']} trials in {base['seconds']:.0f} s, the hybrid trials' time)\n"
+            "  One split; over seeds and on MNIST: benchmarks/bench_hybrid.py (README).")
 
 
 def run_worker(
