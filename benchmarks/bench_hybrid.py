@@ -28,7 +28,8 @@ Methods (``--methods``; the default runs the first eight):
                    per-weight decays on the validation loss. Train + validation is re-split with
                    ``--val-share`` of validation (the paper's Section 5.6: more validation data
                    when the hyperparameters are many), and the pick is re-trained on all of it
-                   with its learned decays fixed, for as many weight steps as its kept state had.
+                   for as many weight steps as its kept state had, its decays replayed as the
+                   trial learned them (after hyper step k, the decays the trial had after it).
 ``hybrid-plain``   No recipe: per-weight decays from ``--init-decay``, TPE over the learning rate
                    and the width, the split as given, no re-training.
 ``tpe-share-refit`` ``tpe`` on ``hybrid``'s re-split, its pick re-trained on all of it: the
@@ -42,6 +43,8 @@ Methods (``--methods``; the default runs the first eight):
 ``tpe-refit``      ``tpe``, its pick re-trained on train + validation (the given split).
 ``hybrid-global-refit`` ``hybrid`` on the split as given.
 ``hybrid-share-refit`` ``hybrid`` without the sampled global decay (from ``--init-decay``).
+``hybrid-final-refit`` ``hybrid``, but the re-training fixes the final learned decays from its
+                   first step instead of replaying their schedule.
 
 The methods of one seed run one after another in this process, in an order rotated from seed
 to seed (``--order``), so a machine shared with other jobs does not favour one method
@@ -81,7 +84,14 @@ from optuna_ift.data import DATASETS, load_dataset
 from optuna_ift.hypergrad import NeumannDivergenceWarning
 from optuna_ift.hyperparams import WeightDecay
 from optuna_ift.integration import HybridSampler, record_refined
-from optuna_ift.trainer import EarlyStopping, HyperTrainer, KeepBest, accuracy, evaluate
+from optuna_ift.trainer import (
+    Callback,
+    EarlyStopping,
+    HyperTrainer,
+    KeepBest,
+    accuracy,
+    evaluate,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +110,9 @@ class Method:
             (``--val-share``; the paper's Section 5.6: more validation data when the
             hyperparameters are many, the pick re-trained on all of it); ``False``: the split
             as given.
+        final_decays: A re-trained pick with learned decays gets its final decays, fixed from
+            the first step; otherwise (``False``) the re-training replays the decays' schedule,
+            hyper step by hyper step, as the trial learned them.
     """
 
     sampler: str
@@ -109,6 +122,7 @@ class Method:
     refit: bool = False
     heldout: bool = False
     val_share: bool = False
+    final_decays: bool = False
 
 
 METHODS: dict[str, Method] = {
@@ -120,6 +134,8 @@ METHODS: dict[str, Method] = {
     "hybrid": Method("hybrid", samples_decay=True, learns_decay=True, refit=True,
                      val_share=True),
     "hybrid-plain": Method("hybrid", samples_decay=False, learns_decay=True),
+    "hybrid-final-refit": Method("hybrid", samples_decay=True, learns_decay=True, refit=True,
+                                 val_share=True, final_decays=True),
     "lamarck": Method("hybrid", samples_decay=True, learns_decay=True, lamarck=True),
     "hybrid-refit": Method("hybrid", samples_decay=False, learns_decay=True, refit=True),
     "hybrid-heldout": Method("hybrid", samples_decay=False, learns_decay=True, heldout=True),
@@ -259,7 +275,8 @@ def make_objective(method: Method, data: Data, args: argparse.Namespace, seed: i
         model = build_model(data, width, decay, "per_weight" if method.learns_decay else "global",
                             tseed)
         keep = KeepBest(f"{selection_name}_loss", restore=False)
-        callbacks: list[Any] = [keep]
+        schedule = DecaySchedule(model) if method.learns_decay and method.refit else None
+        callbacks: list[Any] = [keep] + ([schedule] if schedule else [])
         if args.patience > 0:
             callbacks.append(EarlyStopping(f"{selection_name}_loss", patience=args.patience))
         trainer = HyperTrainer(
@@ -299,7 +316,9 @@ def make_objective(method: Method, data: Data, args: argparse.Namespace, seed: i
                 "width": width, "lr": lr, "seed": tseed, "weight_steps": weight_steps,
                 "decay_state": {k: v.detach().clone()
                                 for k, v in model.decay.state_dict().items()},
-                "mode": "per_weight" if method.learns_decay else "global",
+                "mode": "per_weight" if method.learns_decay else "global", "decay": decay,
+                "schedule": None if schedule is None or method.final_decays
+                else schedule.states,
             }
         test_loss, test_acc = test_scores(model, data)  # recorded only
         trial.set_user_attr("test_loss", test_loss)
@@ -309,17 +328,39 @@ def make_objective(method: Method, data: Data, args: argparse.Namespace, seed: i
     return objective
 
 
+class DecaySchedule(Callback):
+    """Records the model's decays after every hyper step (``states[k]``: after step k + 1), or,
+    given ``states``, sets them so in a weights-only re-training (a replay)."""
+
+    def __init__(self, model: MLP, states: list[dict[str, torch.Tensor]] | None = None) -> None:
+        self.model = model
+        self.replay = states is not None
+        self.states: list[dict[str, torch.Tensor]] = states if states is not None else []
+
+    def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
+        k = trainer.hyper_step - 1
+        if not self.replay:
+            self.states.append({n: t.detach().clone()
+                                for n, t in self.model.decay.state_dict().items()})
+        elif k < len(self.states):
+            self.model.decay.load_state_dict(self.states[k])
+
+
 def refit(data: Data, pick: dict[str, Any], args: argparse.Namespace) -> tuple[float, float]:
-    """Re-train the pick's architecture on train + validation, its decays fixed (weights-only),
-    for the weight steps its kept state had; returns ``(test loss, test accuracy)``."""
-    model = build_model(data, pick["width"], args.init_decay, pick["mode"], pick["seed"])
-    model.decay.load_state_dict(pick["decay_state"])
+    """Re-train the pick's architecture on train + validation (weights-only) for the weight
+    steps its kept state had, its decays replayed as the trial learned them (``schedule``) or
+    fixed at their final values; returns ``(test loss, test accuracy)``."""
+    schedule = pick.get("schedule")
+    model = build_model(data, pick["width"], pick["decay"], pick["mode"], pick["seed"])
+    if not schedule:
+        model.decay.load_state_dict(pick["decay_state"])
     lr = pick["lr"]
     trainer = HyperTrainer(
         model, train_loss=train_loss,
         train_data=(torch.cat([data.x_train, data.x_val]), torch.cat([data.y_train, data.y_val])),
         batch_size=args.batch, weight_optimizer=lambda p: torch.optim.Adam(p, lr=lr),
         hyper_optimizer=None, inner_steps=args.inner_steps, device=data.x_train.device,
+        callbacks=[DecaySchedule(model, schedule)] if schedule else [],
         progress=False, seed=pick["seed"],
     )
     trainer.fit(max(math.ceil(pick["weight_steps"] / args.inner_steps), 1))
