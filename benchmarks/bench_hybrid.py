@@ -45,6 +45,9 @@ Methods (``--methods``; the default runs the first eight):
 ``hybrid-share-refit`` ``hybrid`` without the sampled global decay (from ``--init-decay``).
 ``hybrid-final-refit`` ``hybrid``, but the re-training fixes the final learned decays from its
                    first step instead of replaying their schedule.
+``hybrid-layer``   ``hybrid`` with a decay per weight tensor (``mode="per_layer"``) instead of
+                   per weight: few hyperparameters, so little to overfit on validation.
+``hybrid-one``     ``hybrid`` with one global decay refined by hypergradient from TPE's sample.
 
 The methods of one seed run one after another in this process, in an order rotated from seed
 to seed (``--order``), so a machine shared with other jobs does not favour one method
@@ -113,6 +116,8 @@ class Method:
         final_decays: A re-trained pick with learned decays gets its final decays, fixed from
             the first step; otherwise (``False``) the re-training replays the decays' schedule,
             hyper step by hyper step, as the trial learned them.
+        decay_mode: How many decays the hypergradient tunes (``WeightDecay``'s ``mode``):
+            ``"per_weight"``, ``"per_layer"`` or ``"global"``.
     """
 
     sampler: str
@@ -123,6 +128,12 @@ class Method:
     heldout: bool = False
     val_share: bool = False
     final_decays: bool = False
+    decay_mode: str = "per_weight"
+
+    @property
+    def mode(self) -> str:
+        """The ``WeightDecay`` mode of the trial's model."""
+        return self.decay_mode if self.learns_decay else "global"
 
 
 METHODS: dict[str, Method] = {
@@ -136,6 +147,10 @@ METHODS: dict[str, Method] = {
     "hybrid-plain": Method("hybrid", samples_decay=False, learns_decay=True),
     "hybrid-final-refit": Method("hybrid", samples_decay=True, learns_decay=True, refit=True,
                                  val_share=True, final_decays=True),
+    "hybrid-layer": Method("hybrid", samples_decay=True, learns_decay=True, refit=True,
+                           val_share=True, decay_mode="per_layer"),
+    "hybrid-one": Method("hybrid", samples_decay=True, learns_decay=True, refit=True,
+                         val_share=True, decay_mode="global"),
     "lamarck": Method("hybrid", samples_decay=True, learns_decay=True, lamarck=True),
     "hybrid-refit": Method("hybrid", samples_decay=False, learns_decay=True, refit=True),
     "hybrid-heldout": Method("hybrid", samples_decay=False, learns_decay=True, heldout=True),
@@ -272,8 +287,7 @@ def make_objective(method: Method, data: Data, args: argparse.Namespace, seed: i
         decay = (trial.suggest_float("decay", 1e-6, 1e-1, log=True) if method.samples_decay
                  else args.init_decay)
         tseed = trial_seed(seed, trial.number)
-        model = build_model(data, width, decay, "per_weight" if method.learns_decay else "global",
-                            tseed)
+        model = build_model(data, width, decay, method.mode, tseed)
         keep = KeepBest(f"{selection_name}_loss", restore=False)
         schedule = DecaySchedule(model) if method.learns_decay and method.refit else None
         callbacks: list[Any] = [keep] + ([schedule] if schedule else [])
@@ -316,7 +330,7 @@ def make_objective(method: Method, data: Data, args: argparse.Namespace, seed: i
                 "width": width, "lr": lr, "seed": tseed, "weight_steps": weight_steps,
                 "decay_state": {k: v.detach().clone()
                                 for k, v in model.decay.state_dict().items()},
-                "mode": "per_weight" if method.learns_decay else "global", "decay": decay,
+                "mode": method.mode, "decay": decay,
                 "schedule": None if schedule is None or method.final_decays
                 else schedule.states,
             }
