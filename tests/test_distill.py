@@ -87,6 +87,8 @@ def test_distill_beats_its_start_and_writes_its_files(tmp_path):
     assert sum(losses[-5:]) / 5 < 0.8 * losses[0]
     assert results["curve"]["hyper_step"] == [0, 10, 20, 30]
     assert results["skipped_hypergradients"] == 0
+    # Each inner solve is a fresh, warm-started L-BFGS: at least one iteration, at most the cap.
+    assert 1 <= results["inner_lbfgs_iterations_mean"] <= results["settings"]["fit_iterations"]
     on_disk = json.loads((tmp_path / "results.json").read_text())
     for key in ("test_accuracy", "val_accuracy", "baselines", "settings", "seconds", "curve"):
         assert key in on_disk

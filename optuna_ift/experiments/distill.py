@@ -87,17 +87,21 @@ def _iterations(optimizer: torch.optim.LBFGS) -> int:
     return int(optimizer.state[params[0]].get("n_iter", 0))
 
 
-class _FreshLBFGS(Callback):
-    """After each hyper step, forget L-BFGS's curvature pairs (they describe the training
-    problem of the old hyperparameters), so each inner solve is a fresh L-BFGS started at the
-    current weights; records the iterations of each solve."""
+class _LBFGSIterations(Callback):
+    """Records the L-BFGS iterations of each inner solve. The trainer forgets L-BFGS's
+    curvature pairs after every hyper step (they describe the training problem of the old
+    hyperparameters), so each solve is a fresh L-BFGS started at the current weights and its
+    iteration count restarts; it is read after the solve's weight steps, before that reset."""
 
     def __init__(self) -> None:
         self.iterations: list[int] = []
+        self._since_reset = 0
+
+    def on_weight_step(self, trainer: HyperTrainer, loss: Tensor) -> None:
+        self._since_reset = _iterations(trainer.weight_optimizer)
 
     def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
-        self.iterations.append(_iterations(trainer.weight_optimizer))
-        trainer.weight_optimizer.state.clear()
+        self.iterations.append(self._since_reset)
 
 
 def _penalty(classifier: nn.Module, decay: float) -> Tensor:
@@ -339,7 +343,7 @@ def distill(
     fresh = _FreshEvaluation(eval_every, lambda: judge(*current(), test=False))
     fresh.records.append({"hyper_step": 0, **{k: v for k, v in initial.items()
                                                if k != "test_accuracy"}})
-    fresh_lbfgs = _FreshLBFGS()
+    fresh_lbfgs = _LBFGSIterations()
     inverse = (ConjugateGradient(steps=solver_steps, tol=1e-6) if solver == "cg"
                else Neumann(steps=solver_steps, alpha="auto"))
     trainer = HyperTrainer(
