@@ -88,6 +88,28 @@ def test_every_method_gets_the_same_budget(timed):
     assert max(per_trial) <= 60  # the per-trial step budget holds for every method
 
 
+def test_a_refit_method_s_curve_re_trains_every_best_so_far_trial(bench, timed):
+    """Had the study stopped after a best-so-far trial, that trial re-trained would have been
+    its result, there once the re-training ended: the last point is the pick's own re-training,
+    each point comes after its trial's end, and a plain method's curve is its trials' models."""
+    _, written = timed
+    for name in ("hybrid", "tpe-share-refit", "hybrid-refit", "tpe", "hybrid-plain"):
+        refits = bench.METHODS[name].refit
+        for run in written["methods"][name]["runs"]:
+            curve = run["curve"]
+            numbers = [p["trial"] for p in curve]
+            assert numbers == sorted(set(numbers)) and numbers[-1] == run["selected_trial"]
+            assert all(p.get("refit", False) == refits for p in curve), name
+            assert curve[-1]["test_accuracy"] == run["test_accuracy"]
+            for p in curve:
+                end = run["trial_end_s"][p["trial"]]
+                assert p["t"] > end if refits else p["t"] == pytest.approx(end)
+                assert 0.5 < p["test_accuracy"] <= 1.0
+            if refits:
+                assert curve[-1]["t"] == pytest.approx(run["best_at_s"] + run["refit_s"])
+                assert all(0 < p["trial_test_accuracy"] <= 1 for p in curve)
+
+
 def test_the_test_split_is_never_used_for_selection(bench, monkeypatch):
     """Scrambling the test labels changes the recorded test accuracies, and nothing else: every
     trial's value, the pick, its parameters."""
