@@ -88,8 +88,8 @@ from optuna_ift.hypergrad import NeumannDivergenceWarning
 from optuna_ift.hyperparams import WeightDecay
 from optuna_ift.integration import HybridSampler, record_refined
 from optuna_ift.trainer import (
-    Callback,
     EarlyStopping,
+    HyperparameterSchedule,
     HyperTrainer,
     KeepBest,
     accuracy,
@@ -289,7 +289,7 @@ def make_objective(method: Method, data: Data, args: argparse.Namespace, seed: i
         tseed = trial_seed(seed, trial.number)
         model = build_model(data, width, decay, method.mode, tseed)
         keep = KeepBest(f"{selection_name}_loss", restore=False)
-        schedule = DecaySchedule(model) if method.learns_decay and method.refit else None
+        schedule = HyperparameterSchedule() if method.learns_decay and method.refit else None
         callbacks: list[Any] = [keep] + ([schedule] if schedule else [])
         if args.patience > 0:
             callbacks.append(EarlyStopping(f"{selection_name}_loss", patience=args.patience))
@@ -342,24 +342,6 @@ def make_objective(method: Method, data: Data, args: argparse.Namespace, seed: i
     return objective
 
 
-class DecaySchedule(Callback):
-    """Records the model's decays after every hyper step (``states[k]``: after step k + 1), or,
-    given ``states``, sets them so in a weights-only re-training (a replay)."""
-
-    def __init__(self, model: MLP, states: list[dict[str, torch.Tensor]] | None = None) -> None:
-        self.model = model
-        self.replay = states is not None
-        self.states: list[dict[str, torch.Tensor]] = states if states is not None else []
-
-    def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
-        k = trainer.hyper_step - 1
-        if not self.replay:
-            self.states.append({n: t.detach().clone()
-                                for n, t in self.model.decay.state_dict().items()})
-        elif k < len(self.states):
-            self.model.decay.load_state_dict(self.states[k])
-
-
 def refit(data: Data, pick: dict[str, Any], args: argparse.Namespace) -> tuple[float, float]:
     """Re-train the pick's architecture on train + validation (weights-only) for the weight
     steps its kept state had, its decays replayed as the trial learned them (``schedule``) or
@@ -374,7 +356,7 @@ def refit(data: Data, pick: dict[str, Any], args: argparse.Namespace) -> tuple[f
         train_data=(torch.cat([data.x_train, data.x_val]), torch.cat([data.y_train, data.y_val])),
         batch_size=args.batch, weight_optimizer=lambda p: torch.optim.Adam(p, lr=lr),
         hyper_optimizer=None, inner_steps=args.inner_steps, device=data.x_train.device,
-        callbacks=[DecaySchedule(model, schedule)] if schedule else [],
+        callbacks=[HyperparameterSchedule(schedule)] if schedule else [],
         progress=False, seed=pick["seed"],
     )
     trainer.fit(max(math.ceil(pick["weight_steps"] / args.inner_steps), 1))

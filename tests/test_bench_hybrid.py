@@ -157,35 +157,6 @@ def test_the_recipes_resplit_moves_only_train_and_validation(bench):
     assert rows(again.x_train, again.x_val) == rows(data.x_train, data.x_val)
 
 
-def test_a_refit_replays_the_learned_decays_hyper_step_by_hyper_step(bench):
-    from optuna_ift import Neumann
-    from optuna_ift.trainer import HyperTrainer
-
-    data = bench.load_data(bench.parse_args(["--dataset", "digits", "--quiet"]), 0)
-
-    def fit(model, joint, callbacks):
-        HyperTrainer(
-            model, train_loss=bench.train_loss, val_loss=bench.ce_loss if joint else None,
-            train_data=(data.x_train, data.y_train),
-            val_data=(data.x_val, data.y_val) if joint else None, batch_size=64,
-            weight_optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
-            hyper_optimizer=(lambda p: torch.optim.RMSprop(p, lr=0.05)) if joint else None,
-            solver=Neumann(steps=1, alpha="auto"), inner_steps=5, callbacks=callbacks,
-            progress=False, seed=7, device="cpu").fit(6)
-
-    learned = bench.build_model(data, 16, 1e-3, "per_weight", 7)
-    recorded = bench.DecaySchedule(learned)
-    fit(learned, True, [recorded])
-    assert len(recorded.states) == 6
-    first, last = recorded.states[0], recorded.states[-1]
-    assert any(not torch.equal(first[k], last[k]) for k in first)  # the decays did move
-    again = bench.build_model(data, 16, 1e-3, "per_weight", 7)
-    seen = bench.DecaySchedule(again)  # records what the replay set, after it
-    fit(again, False, [bench.DecaySchedule(again, recorded.states), seen])
-    for a, b in zip(recorded.states, seen.states):
-        assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_select_trial_reads_only_the_values(bench):
     def trial(value, test_accuracy, state=TrialState.COMPLETE):
         return create_trial(state=state, value=value if state == TrialState.COMPLETE else None,

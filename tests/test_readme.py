@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -21,7 +22,7 @@ def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch):
     pytest.importorskip("lightning")  # one block trains under lightning.Trainer
     monkeypatch.chdir(tmp_path)
     blocks = python_blocks()
-    assert len(blocks) == 8
+    assert len(blocks) == 9
     namespace: dict = {"__name__": "readme"}
     for k, block in enumerate(blocks):
         exec(compile(block, f"README.md, python block {k + 1}", "exec"), namespace)  # noqa: S102
@@ -34,6 +35,12 @@ def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch):
     from_loader = namespace["trainer"]  # the DataLoader of dict batches, workers
     assert len(from_loader.history.hyper_steps) == 20 and from_loader.history.skipped == 0
     assert from_loader.weight_step == 200 and from_loader.epoch >= 1
+    schedule, refit = namespace["schedule"], namespace["refit"]  # re-training on all the data
+    assert len(schedule.states) == 30
+    assert all(torch.equal(p, schedule.states[-1][n]) for n, p in refit.named_parameters()
+               if n in schedule.states[-1])  # the replay ends on the last recorded decays
+    digits = namespace["digits"]
+    assert float((refit(digits.X_test).argmax(1) == digits.y_test).float().mean()) > 0.9
     hyper = namespace["hyper"]  # your own loop
     assert hyper.steps == len(namespace["digits"].y_train) // 64 // 10 and hyper.skipped == 0
     assert float(hyper.hyperparameters[0].detach().std()) > 0  # all 1e-3 at the start

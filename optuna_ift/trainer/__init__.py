@@ -9,7 +9,7 @@ on, the data sources it draws from and the callbacks it calls.
 - :class:`TensorBatches` batches in-memory tensors resumably; any ``DataLoader`` or iterable of
   batches works as well.
 - :class:`Callback` and the ready :class:`LRScheduler`, :class:`EarlyStopping`,
-  :class:`KeepBest`; :func:`evaluate` is the one evaluation function of the project.
+  :class:`KeepBest`, :class:`HyperparameterSchedule` (record and replay for re-training); :func:`evaluate` is the one evaluation function of the project.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 from optuna_ift.trainer._callbacks import (
     Callback,
     EarlyStopping,
+    HyperparameterSchedule,
     KeepBest,
     LRScheduler,
     check_callbacks,
@@ -49,6 +50,7 @@ __all__ = [
     "History",
     "HyperStep",
     "HyperTrainer",
+    "HyperparameterSchedule",
     "KeepBest",
     "LRScheduler",
     "NonFiniteLossError",

@@ -7,8 +7,9 @@ best value so far). Raising an exception in a hook stops training (Optuna's ``Tr
 passes straight through); ``trainer.stop()`` ends it after the current step.
 
 The ready ones: :class:`LRScheduler` (either optimizer, stepped per weight step, hyper step or
-evaluation), :class:`EarlyStopping` and :class:`KeepBest` (the weights and hyperparameters at
-the best evaluation, restored when ``fit`` ends).
+evaluation), :class:`EarlyStopping`, :class:`KeepBest` (the weights and hyperparameters at
+the best evaluation, restored when ``fit`` ends) and :class:`HyperparameterSchedule` (the
+hyperparameters after every hyper step, recorded, and replayed in a re-training).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 from optuna_ift._validation import ArgumentKindError, check_bool, check_int, check_positive
@@ -25,7 +27,8 @@ from optuna_ift._validation import ArgumentKindError, check_bool, check_int, che
 if TYPE_CHECKING:
     from optuna_ift.trainer._trainer import HyperTrainer
 
-__all__ = ["HOOKS", "Callback", "EarlyStopping", "KeepBest", "LRScheduler", "check_callbacks"]
+__all__ = ["HOOKS", "Callback", "EarlyStopping", "HyperparameterSchedule", "KeepBest",
+           "LRScheduler", "check_callbacks"]
 
 #: Each hook and the arguments the trainer passes it.
 HOOKS: dict[str, tuple[str, ...]] = {
@@ -242,6 +245,85 @@ class KeepBest(Callback):
         self.monitor.best = None if best is None else tuple(best)
         self.best_record = dict(state["record"])
         self.best_state = state["state"]
+
+
+class HyperparameterSchedule(Callback):
+    """Record the hyperparameters after every hyper step, or replay a record in a re-training.
+
+    The paper's re-training (Section 5.6): once hyperparameters are learned on a validation
+    split, train fresh weights on train + validation with them. Learned hyperparameters moved
+    with the weights, so the re-training gives the weights the hyperparameters they had at the
+    same step (a replay) rather than the final ones from the first step.
+
+    Without ``states`` it records: after hyper step ``k + 1``, ``states[k]`` holds a copy of
+    every hyperparameter of the model, by name. With ``states`` (such a record) it replays, in
+    a weights-only trainer (``hyper_optimizer=None``) of the same architecture and
+    ``inner_steps``: after round ``k + 1`` of weight steps the hyperparameters are set to
+    ``states[k]``, so round ``k + 2`` trains with what the recorded run had there; past the
+    record's end they keep its last entry. The rounds before the first hyper step train with
+    the model's own hyperparameters, which should be those the recorded run started from.
+
+    Args:
+        states: A record to replay (``None``: record).
+
+    Attributes:
+        states: The record (one dict of tensors per hyper step).
+
+    Example:
+        >>> schedule = HyperparameterSchedule()           # in the tuned run's callbacks
+        >>> replay = HyperparameterSchedule(schedule.states)  # in the re-training's
+    """
+
+    def __init__(self, states: Sequence[Mapping[str, Tensor]] | None = None) -> None:
+        if states is not None:
+            if isinstance(states, (str, bytes, Mapping)) or not isinstance(states, Sequence):
+                raise ArgumentKindError(f"states must be None or a sequence of dicts of "
+                                        f"tensors (a record), got {type(states).__name__}")
+            for k, state in enumerate(states):
+                if not isinstance(state, Mapping) or not all(
+                        isinstance(v, Tensor) for v in state.values()):
+                    raise ArgumentKindError(f"states[{k}] must be a dict of tensors by "
+                                            f"hyperparameter name, got {type(state).__name__}")
+        self.replay = states is not None
+        self.states: list[dict[str, Tensor]] = [dict(s) for s in states or ()]
+        self._named: dict[str, Tensor] = {}
+
+    def setup(self, trainer: HyperTrainer) -> None:
+        ids = {id(h) for h in trainer.hyperparameters}
+        self._named = {n: p for n, p in trainer.model.named_parameters() if id(p) in ids}
+        if not self.replay:
+            return
+        if trainer.tunes:
+            raise ValueError("a replaying HyperparameterSchedule sets the hyperparameters "
+                             "itself: use it in a weights-only trainer (hyper_optimizer=None)")
+        for k, state in enumerate(self.states):
+            if set(state) != set(self._named):
+                raise ValueError(f"states[{k}] names the hyperparameters "
+                                 f"{sorted(state)}, the model has {sorted(self._named)}")
+            for name, value in state.items():
+                if value.shape != self._named[name].shape:
+                    raise ValueError(f"states[{k}][{name!r}] has shape {tuple(value.shape)}, "
+                                     f"the model's is {tuple(self._named[name].shape)}")
+
+    def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
+        if not self.replay:
+            self.states.append({n: p.detach().clone() for n, p in self._named.items()})
+            return
+        k = min(trainer.hyper_step, len(self.states)) - 1
+        if k >= 0:
+            with torch.no_grad():
+                for name, value in self.states[k].items():
+                    self._named[name].copy_(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"replay": self.replay, "states": self.states}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if bool(state["replay"]) != self.replay:
+            raise ValueError("this checkpoint's HyperparameterSchedule "
+                             f"{'replays' if state['replay'] else 'records'}, this one "
+                             f"{'replays' if self.replay else 'records'}")
+        self.states = [dict(s) for s in state["states"]]
 
 
 _INTERVALS = ("weight_step", "hyper_step", "evaluation")
