@@ -207,6 +207,10 @@ _STUDIES: dict[str, tuple[str, str, list[tuple[str, dict]]]] = {
                          shown="100,400,1400 on digits, 1000,5000 otherwise")),
         ("--fractions", dict(type=_float_list, default=None,
                              help="validation fractions, comma-separated (e.g. 0.1,0.3,0.5)")),
+        ("--weight-decays", dict(type=_list_of(str, "decay modes"), default=None,
+                                 help="decay modes, comma-separated, of global, per_weight, "
+                                      "per_weight_from_global",
+                                 shown="all three")),
         ("--seeds", dict(type=_positive_int, default=None, help="number of seeds")),
         ("--max-iter", dict(type=_positive_int, default=None, help="hyper steps per fit")),
     ]),
@@ -413,7 +417,8 @@ def _add_lstm_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> N
                    help="the paper's model and optimizer: 650 units, sequence length 70, batch "
                    "40, SGD lr 30, clipping 0.25, Adam 1e-3 for hyperparameters, all of "
                    "train.txt (a GPU job); other flags override single values")
-    p.add_argument("--methods", nargs="+", choices=("none", "ift-7", "ift-many", "tpe"),
+    p.add_argument("--methods", nargs="+",
+                   choices=("none", "ift-7", "ift-many", "ift-many-from-7", "tpe"),
                    default=None, help=f"methods to run (default: {default('methods')})")
     for flag, kind, text in (
             ("--hidden-size", _positive_int, "LSTM units per layer"),

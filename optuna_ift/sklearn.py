@@ -67,8 +67,8 @@ from optuna_ift.hypergrad import (
 from optuna_ift.hyperparams import ConcreteDropout, WeightDecay, split_parameters
 from optuna_ift.trainer import EarlyStopping, HyperStep, HyperTrainer, KeepBest, resolve_device
 
-__all__ = ["MLP", "IFTLogisticRegression", "IFTNeuralNetClassifier", "IFTNeuralNetRegressor",
-           "IFTRidge", "validation_split_curve"]
+__all__ = ["CURVE_DECAY_MODES", "MLP", "IFTLogisticRegression", "IFTNeuralNetClassifier",
+           "IFTNeuralNetRegressor", "IFTRidge", "validation_split_curve"]
 
 _logger = logging.getLogger(__name__)
 
@@ -1250,6 +1250,11 @@ def _r2(output: Tensor, target: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------
 
 
+#: The decay modes of :func:`validation_split_curve`: the estimator's two, and a decay per
+#: weight started from the global decay learned on the same split.
+CURVE_DECAY_MODES: tuple[str, ...] = ("global", "per_weight", "per_weight_from_global")
+
+
 def validation_split_curve(
     X: Any,
     y: Any,
@@ -1270,7 +1275,10 @@ def validation_split_curve(
     mode, an :class:`IFTLogisticRegression` learns its decays on that fraction of the ``n``
     examples; it is scored on ``(X_test, y_test)`` as trained on the rest (no re-training) and
     after re-training on all ``n`` with the learned decays (re-training), both from one decay
-    search.
+    search. The mode ``"per_weight_from_global"`` is a decay per weight started from the
+    global decay learned on the same split (the ``"global"`` run of that split, fitted for it
+    when ``"global"`` is not asked for): many hyperparameters refining one that was tuned
+    first, as when Optuna samples the global decay a trial's per-weight decays start from.
 
     Args:
         X: Pool of training data, ``(n_pool, n_features)``.
@@ -1279,7 +1287,8 @@ def validation_split_curve(
         y_test: Test labels.
         sizes: Data sizes (each at most ``n_pool``).
         fractions: Validation fractions, each in (0, 1).
-        weight_decays: Decay modes, from ``"global"`` and ``"per_weight"``.
+        weight_decays: Decay modes, from ``"global"``, ``"per_weight"`` and
+            ``"per_weight_from_global"``.
         seeds: Seeds of the data draws and validation splits.
         estimator: Template whose other parameters are used (default
             ``IFTLogisticRegression()``); ``weight_decay``, ``validation_fraction``,
@@ -1325,7 +1334,7 @@ def validation_split_curve(
                  for f in _check_sequence("fractions", fractions, "numbers in (0, 1)")]
     weight_decays = _check_sequence("weight_decays", weight_decays, "decay modes")
     for mode in weight_decays:
-        _check_choice("weight_decays", mode, IFTLogisticRegression._decay_modes)
+        _check_choice("weight_decays", mode, CURVE_DECAY_MODES)
     seeds = [_check_int("seeds", s, 0) for s in _check_sequence("seeds", seeds, "integers")]
     if not sizes or not fractions or not weight_decays or not seeds:
         raise ValueError("sizes, fractions, weight_decays and seeds must each be non-empty")
@@ -1342,14 +1351,23 @@ def validation_split_curve(
         for size in sizes:
             Xs, ys = X[order[:size]], y[order[:size]]
             for fraction in fractions:
-                for mode in weight_decays:
-                    model = clone(template).set_params(
-                        weight_decay=mode, validation_fraction=fraction, refit=False,
-                        random_state=seed,
-                    )
+                fitted_global: IFTLogisticRegression | None = None
+                # The global decay first: a per-weight run from it reads its learned decay.
+                for mode in sorted(weight_decays, key=lambda m: m != "global"):
+                    params = {"weight_decay": mode, "validation_fraction": fraction,
+                              "refit": False, "random_state": seed}
+                    if mode == "per_weight_from_global":
+                        if fitted_global is None:
+                            fitted_global = clone(template).set_params(
+                                **{**params, "weight_decay": "global"}).fit(Xs, ys)
+                        params.update(weight_decay="per_weight",
+                                      weight_decay_init=float(fitted_global.weight_decay_))
+                    model = clone(template).set_params(**params)
                     started = time.perf_counter()
                     model.fit(Xs, ys)
                     fitted = time.perf_counter()
+                    if mode == "global":
+                        fitted_global = model
                     refitted = model._refit_on(Xs, ys)
                     done = time.perf_counter()
                     records.append({

@@ -205,3 +205,39 @@ def test_validation_split_curve(digits):
         validation_split_curve(X, y, X, y, sizes=[10**6], fractions=[0.5])
     with pytest.raises(ValueError, match="fractions"):
         validation_split_curve(X, y, X, y, sizes=[100], fractions=[1.5])
+
+
+def test_per_weight_from_global_starts_at_the_learned_global_decay(digits):
+    """The third mode is the per-weight estimator started from the decay the global one learned
+    on the same split: the same run as fitting the two by hand, and not the per-weight run from
+    the default start. The global fit is made for it when "global" is not asked for."""
+    X, y = digits
+    X_pool, y_pool, X_test, y_test = X[:300], y[:300], X[300:], y[300:]
+    template = IFTLogisticRegression(max_iter=4, device="cpu")
+    order = np.random.default_rng(0).permutation(300)
+    Xs, ys = X_pool[order[:120]], y_pool[order[:120]]
+    split = {"validation_fraction": 0.3, "refit": False, "random_state": 0}
+    learned = clone(template).set_params(weight_decay="global", **split).fit(Xs, ys)
+    assert not np.isclose(learned.weight_decay_, template.weight_decay_init)  # it moved
+    by_hand = clone(template).set_params(weight_decay="per_weight",
+                                         weight_decay_init=float(learned.weight_decay_),
+                                         **split).fit(Xs, ys)
+    for modes in (("per_weight_from_global",), ("per_weight", "per_weight_from_global",
+                                                "global")):
+        result = validation_split_curve(X_pool, y_pool, X_test, y_test, sizes=[120],
+                                        fractions=[0.3], seeds=[0], weight_decays=modes,
+                                        estimator=template)
+        assert result["weight_decays"] == list(modes)
+        by_mode = {r["weight_decay"]: r for r in result["records"]}
+        assert set(by_mode) == set(modes)
+        ours = by_mode["per_weight_from_global"]
+        assert ours["decay_geometric_mean"] == pytest.approx(
+            float(np.exp(np.log(by_hand.weight_decay_).mean())))
+        assert ours["test_accuracy"] == pytest.approx(by_hand.score(X_test, y_test))
+        assert ours["n_iter"] == by_hand.n_iter_
+        if "global" in by_mode:
+            assert by_mode["global"]["decay_geometric_mean"] == pytest.approx(
+                float(learned.weight_decay_))
+            assert by_mode["per_weight"]["decay_geometric_mean"] != pytest.approx(
+                ours["decay_geometric_mean"])
+

@@ -14,8 +14,9 @@ def test_split_ratio_writes_results_and_figure(tmp_path):
                           max_iter=3, device="cpu", out=tmp_path, show_progress=False)
     assert results["study"] == "split-ratio" and results["dataset"] == "digits"
     assert results["seeds"] == [0, 1]
-    assert len(results["records"]) == 2 * 2 * 2 * 2  # sizes x fractions x modes x seeds
-    for mode in ("global", "per_weight"):
+    assert len(results["records"]) == 2 * 2 * 3 * 2  # sizes x fractions x modes x seeds
+    assert results["weight_decays"] == ["global", "per_weight", "per_weight_from_global"]
+    for mode in results["weight_decays"]:
         finding = results["findings"][mode]["120"]
         assert finding["best_fraction_refit"] in (0.25, 0.5)
         assert 0.3 < finding["best_accuracy_refit"] <= 1.0

@@ -6,7 +6,9 @@ shares, with one global decay and with a decay per weight, scored on the test se
 the non-validation part and after re-training on all the data with the learned decays. The
 paper's finding: with one global decay the best validation share is small and re-training
 barely matters; with a decay per weight (as many hyperparameters as weights) the best share is
-larger and re-training on all the data matters.
+larger and re-training on all the data matters. A third mode starts the decays per weight from
+the global decay learned on the same split (the hybrid's recipe: many hyperparameters refining
+one tuned first).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from optuna_ift._validation import ArgumentKindError
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift.data import check_dataset, load_dataset
 from optuna_ift.experiments._common import write_results
-from optuna_ift.sklearn import IFTLogisticRegression, validation_split_curve
+from optuna_ift.sklearn import CURVE_DECAY_MODES, IFTLogisticRegression, validation_split_curve
 from optuna_ift.trainer import resolve_device
 
 __all__ = ["split_ratio"]
@@ -62,6 +64,7 @@ def split_ratio(
     download: bool = False,
     sizes: Sequence[int] | None = None,
     fractions: Sequence[float] = _DEFAULT_FRACTIONS,
+    weight_decays: Sequence[str] = CURVE_DECAY_MODES,
     seeds: int | Sequence[int] = 3,
     seed: int = 0,
     max_iter: int = 50,
@@ -79,6 +82,9 @@ def split_ratio(
         sizes: Numbers of examples (train + validation) drawn from the training pool; default
             ``(100, 400, 1400)`` on digits and ``(1000, 5000)`` otherwise.
         fractions: Validation shares, each in (0, 1).
+        weight_decays: Decay modes, of ``"global"``, ``"per_weight"`` and
+            ``"per_weight_from_global"`` (a decay per weight started from the global decay
+            learned on the same split); all three by default.
         seeds: A number of seeds (``seed, seed + 1, ...``) or the seeds themselves; each seed
             draws its own data subset and validation split.
         seed: First seed when ``seeds`` is a number; also the seed of the test split of digits.
@@ -124,6 +130,7 @@ def split_ratio(
 
     curve = validation_split_curve(
         X, y, X_test, y_test, sizes=sizes, fractions=fractions, seeds=seeds,
+        weight_decays=weight_decays,
         estimator=IFTLogisticRegression(max_iter=max_iter, device=device),
         show_progress=show_progress,
     )

@@ -12,13 +12,15 @@ from optuna_ift.plots._common import save_figure
 
 __all__ = ["plot_split_ratio"]
 
-_MODE_STYLE = {"global": ("-", "one global decay"), "per_weight": (":", "a decay per weight")}
+_MODE_STYLE = {"global": ("-", "one global decay"), "per_weight": (":", "a decay per weight"),
+               "per_weight_from_global": ("--", "a decay per weight, from the global one")}
 
 
 def plot_split_ratio(results: dict[str, Any], path: str | Path) -> Path:
     """Fig. 9: two panels (without / with re-training on all the data); x: validation share
     in per cent; one colour per data size; solid lines one global decay, dotted lines a decay
-    per weight; mean over seeds with a band of one standard deviation.
+    per weight, dashed a decay per weight started from the learned global one; mean over
+    seeds with a band of one standard deviation.
 
     Args:
         results: The dict of :func:`optuna_ift.sklearn.validation_split_curve` (or of the
