@@ -1290,7 +1290,10 @@ CASES = [
     case("lstm-epochs=0", lambda c: lstm_tiny(c, epochs=0), ValueError,
          rf"epochs must be a {NUM} > 0"),
     case("lstm-methods=grid", lambda c: lstm_tiny(c, methods=["grid"]), ValueError,
-         r"methods must be distinct names from 'none', 'ift-7', 'ift-many', 'tpe'"),
+         r"methods must be distinct names from 'none', 'ift-7', 'ift-many', "
+         r"'ift-many-from-7', 'tpe'"),
+    case("lstm-methods-many-from-7-alone", lambda c: lstm_tiny(c, methods=["ift-many-from-7"]),
+         ValueError, r"methods: 'ift-many-from-7' starts from the values 'ift-7' learned"),
     case("lstm-methods-tpe-alone", lambda c: lstm_tiny(c, methods=["tpe"]), ValueError,
          r"methods: 'tpe' gets the wall-clock time of 'ift-7'"),
     case("lstm-optimizer=rmsprop", lambda c: lstm_tiny(c, optimizer="rmsprop"), ValueError,

@@ -323,6 +323,26 @@ def test_study_tunes_the_rates_and_tpe_keeps_to_its_budget(study):
         assert set(trial["params"]) == set(REGULARIZERS)
 
 
+def test_many_from_seven_starts_where_ift_7_ended(corpus_root):
+    results = lstm(data_root=corpus_root, out=None, device="cpu",
+                   methods=["ift-many-from-7", "ift-7"], **TINY)
+    table, learned = results["table"], results["learned"]
+    assert list(table) == ["ift-7", "ift-many-from-7"]
+    start, seven = learned["ift-many-from-7"][0], table["ift-7"]["final"]
+    assert seven != results["config"]["init"]
+    for name in REGULARIZERS:
+        value = start[name]
+        if isinstance(value, dict):  # many: every entry starts at the learned value
+            assert value["q10"] == pytest.approx(seven[name], rel=1e-5)
+            assert value["q90"] == pytest.approx(seven[name], rel=1e-5)
+        else:
+            assert value == pytest.approx(seven[name], rel=1e-5)
+    assert table["ift-many-from-7"]["hyperparameters"] > 7
+    assert table["ift-many-from-7"]["val_ppl"] < results["config"]["vocab_size"] / 2
+    with pytest.raises(ValueError, match="'ift-many-from-7' starts from the values 'ift-7'"):
+        lstm(data_root=corpus_root, out=None, methods=["ift-many-from-7"])
+
+
 def test_study_arguments_are_checked(corpus_root):
     with pytest.raises(ValueError, match="methods"):
         lstm(data_root=corpus_root, out=None, methods=["tpe"])

@@ -13,6 +13,7 @@ __all__ = ["plot_lstm_curves", "plot_lstm_overfit", "plot_lstm_rates"]
 
 _LABELS = {"none": "no tuning", "ift-7": "IFT, 7 hyperparameters",
            "ift-many": "IFT, a rate per unit / weight",
+           "ift-many-from-7": "IFT, a rate per unit / weight, from IFT's 7",
            "tpe": "Optuna TPE over the 7 (best so far)"}
 
 
