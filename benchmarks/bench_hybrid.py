@@ -48,14 +48,19 @@ Methods (``--methods``; the default runs the first eight):
 ``hybrid-layer``   ``hybrid`` with a decay per weight tensor (``mode="per_layer"``) instead of
                    per weight: few hyperparameters, so little to overfit on validation.
 ``hybrid-one``     ``hybrid`` with one global decay refined by hypergradient from TPE's sample.
+``hybrid-heldout-refit`` ``hybrid`` whose re-split validation data is halved again
+                   (``--heldout-share``): one part for the hypergradient, the other, which the
+                   learned decays never saw, for selection (value, early stopping, keep-best);
+                   the pick re-trained on all of train + validation.
 
 The methods of one seed run one after another in this process, in an order rotated from seed
 to seed (``--order``), so a machine shared with other jobs does not favour one method
 systematically. Printed: per method the median test accuracy and its inter-quartile range,
 the median test loss, paired wins / ties / losses per seed against ``tpe``, and the time to
 reach ``tpe``'s final median test accuracy (from per-trial timestamps and the test accuracy of
-the best-so-far trial; for the re-training methods that is the trial's own model until the
-end, where the re-trained pick's accuracy is the curve's last point).
+the best-so-far trial; for a re-training method each best-so-far trial is re-trained after the
+study, off its clock, and counts from when its re-training would have ended had the study
+stopped after it: :func:`refit_curve`).
 
 Run ``python benchmarks/bench_hybrid.py --help`` for the options; :func:`run` is the harness
 (``run(parse_args([...])) -> dict``), :func:`main` adds the printout and the JSON file.
@@ -157,6 +162,8 @@ METHODS: dict[str, Method] = {
     "hybrid-global-refit": Method("hybrid", samples_decay=True, learns_decay=True, refit=True),
     "hybrid-share-refit": Method("hybrid", samples_decay=False, learns_decay=True, refit=True,
                                  val_share=True),
+    "hybrid-heldout-refit": Method("hybrid", samples_decay=True, learns_decay=True, refit=True,
+                                   val_share=True, heldout=True),
 }
 DEFAULT_METHODS = ("tpe", "random", "hybrid", "hybrid-plain", "tpe-share-refit", "hybrid-refit",
                    "lamarck", "hybrid-heldout")
@@ -533,7 +540,7 @@ def _median_time(times: Sequence[float | None]) -> float | None:
 
 def format_summary(summary: dict[str, Any], seeds: int) -> str:
     target = summary["target_test_accuracy"]
-    header = (f"{'method':15s} {'median acc':>10s} {'IQR':>15s} {'test loss':>9s} "
+    header = (f"{'method':20s} {'median acc':>10s} {'IQR':>15s} {'test loss':>9s} "
               f"{'trials':>6s} {'vs tpe W/T/L':>12s} {'t(tpe median) s':>16s}")
     lines = [header]
     for name, row in summary["methods"].items():
@@ -545,7 +552,7 @@ def format_summary(summary: dict[str, Any], seeds: int) -> str:
             reached = sum(t is not None for t in row["time_to_target_s"])
             t = row["median_time_to_target_s"]
             reach = f"{'never' if t is None else f'{t:.1f}'} ({reached}/{seeds})"
-        lines.append(f"{name:15s} {row['median_test_accuracy']:10.4f} "
+        lines.append(f"{name:20s} {row['median_test_accuracy']:10.4f} "
                      f"{f'{q25:.4f}-{q75:.4f}':>15s} {row['median_test_loss']:9.4f} "
                      f"{row['median_trials']:6.0f} {wtl:>12s} {reach:>16s}")
     if target is not None:
@@ -584,7 +591,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             methods[name]["curves"].append(r["curve"])
             methods[name]["runs"].append(r)
             if args.verbose:
-                print(f"  seed {seed} {name:15s} {r['trials']:4d} trials, test acc "
+                print(f"  seed {seed} {name:20s} {r['trials']:4d} trials, test acc "
                       f"{r['test_accuracy']:.4f}, {r['elapsed_s']:.1f} s", flush=True)
     return {
         "methods": methods,
