@@ -412,7 +412,8 @@ def run_method(name: str, data: Data, args: argparse.Namespace, seed: int) -> di
         if best is not None and (not curve or curve[-1]["trial"] != best.number):
             curve.append({"t": now - start, "trial": best.number, "value": best.value,
                           "test_accuracy": best.user_attrs["test_accuracy"]})
-        for number in [k for k in kept if k not in {p["trial"] for p in curve}]:
+        best_so_far = {p["trial"] for p in curve}
+        for number in [k for k in kept if k not in best_so_far]:
             del kept[number]  # what re-training needs is kept for the best-so-far trials only
         # A re-training method keeps back about one trial's time for it.
         reserve = statistics.fmean(durations) if method.refit else 0.0

@@ -307,7 +307,7 @@ _LSTM_OVERFIT_OPTIONS = ("hidden_size", "num_layers", "seq_len", "inner_steps",
 
 
 def _lstm(args: argparse.Namespace) -> None:
-    from optuna_ift.experiments import lstm, lstm_overfit
+    from optuna_ift.experiments import LSTM_METHODS, lstm, lstm_overfit
 
     common = dict(data_root=args.data_root, seed=args.seed, device=args.device,
                   show_progress=not args.no_progress)
@@ -382,7 +382,7 @@ def _common_flags(*, suppress: bool) -> argparse.ArgumentParser:
 
 
 def _add_lstm_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
-    from optuna_ift.experiments import lstm, lstm_overfit
+    from optuna_ift.experiments import LSTM_METHODS, lstm, lstm_overfit
 
     study, overfit = _defaults(lstm), _defaults(lstm_overfit)
 
@@ -417,9 +417,7 @@ def _add_lstm_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> N
                    help="the paper's model and optimizer: 650 units, sequence length 70, batch "
                    "40, SGD lr 30, clipping 0.25, Adam 1e-3 for hyperparameters, all of "
                    "train.txt (a GPU job); other flags override single values")
-    p.add_argument("--methods", nargs="+",
-                   choices=("none", "ift-7", "ift-many", "ift-many-from-7", "tpe"),
-                   default=None, help=f"methods to run (default: {default('methods')})")
+    p.add_argument("--methods", nargs="+", choices=LSTM_METHODS, default=None, help=f"methods to run (default: {default('methods')})")
     for flag, kind, text in (
             ("--hidden-size", _positive_int, "LSTM units per layer"),
             ("--num-layers", _positive_int, "LSTM layers"),

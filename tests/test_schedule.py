@@ -97,6 +97,22 @@ def test_the_record_resumes_from_a_checkpoint(tmp_path):
             tmp_path / "weights-only.pt")
 
 
+def test_a_resumed_replay_continues_from_the_record_it_is_given(tmp_path):
+    _, schedule = recorded_run(hyper_steps=4)
+    first = make_trainer(callbacks=[HyperparameterSchedule(schedule.states)],
+                         hyper_optimizer=None)
+    first.fit(2)
+    first.save(tmp_path / "replay.pt")
+    assert torch.load(tmp_path / "replay.pt", weights_only=True)["callbacks"][0]["state"] == {
+        "replay": True, "states": []}  # the record is not copied into every checkpoint
+    seen = Seen()
+    make_trainer(callbacks=[HyperparameterSchedule(schedule.states), seen],
+                 hyper_optimizer=None).resume(tmp_path / "replay.pt").fit(4)
+    assert len(seen.log_decays) == 2
+    assert all(torch.equal(a, s["log_decay"])
+               for a, s in zip(seen.log_decays, schedule.states[2:]))
+
+
 def test_bad_records_and_misuse_are_clear_errors():
     _, schedule = recorded_run(hyper_steps=1)
     with pytest.raises(TypeError, match="states must be None or a sequence of dicts"):

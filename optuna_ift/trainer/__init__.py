@@ -9,7 +9,8 @@ on, the data sources it draws from and the callbacks it calls.
 - :class:`TensorBatches` batches in-memory tensors resumably; any ``DataLoader`` or iterable of
   batches works as well.
 - :class:`Callback` and the ready :class:`LRScheduler`, :class:`EarlyStopping`,
-  :class:`KeepBest`, :class:`HyperparameterSchedule` (record and replay for re-training); :func:`evaluate` is the one evaluation function of the project.
+  :class:`KeepBest`, :class:`HyperparameterSchedule` (record and replay for re-training);
+  :func:`evaluate` is the one evaluation function of the project.
 """
 
 from __future__ import annotations

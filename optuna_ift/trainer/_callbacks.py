@@ -263,6 +263,10 @@ class HyperparameterSchedule(Callback):
     record's end they keep its last entry. The rounds before the first hyper step train with
     the model's own hyperparameters, which should be those the recorded run started from.
 
+    A record holds one copy of the hyperparameters per hyper step, on their device, and goes
+    into the trainer's checkpoints (a resumed recording continues it); a replay's checkpoints
+    leave out the record it was given.
+
     Args:
         states: A record to replay (``None``: record).
 
@@ -309,21 +313,21 @@ class HyperparameterSchedule(Callback):
         if not self.replay:
             self.states.append({n: p.detach().clone() for n, p in self._named.items()})
             return
-        k = min(trainer.hyper_step, len(self.states)) - 1
-        if k >= 0:
+        if trainer.hyper_step <= len(self.states):  # past the end the last entry stays
             with torch.no_grad():
-                for name, value in self.states[k].items():
+                for name, value in self.states[trainer.hyper_step - 1].items():
                     self._named[name].copy_(value)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"replay": self.replay, "states": self.states}
+        return {"replay": self.replay, "states": [] if self.replay else self.states}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if bool(state["replay"]) != self.replay:
             raise ValueError("this checkpoint's HyperparameterSchedule "
                              f"{'replays' if state['replay'] else 'records'}, this one "
                              f"{'replays' if self.replay else 'records'}")
-        self.states = [dict(s) for s in state["states"]]
+        if not self.replay:
+            self.states = [dict(s) for s in state["states"]]
 
 
 _INTERVALS = ("weight_step", "hyper_step", "evaluation")
