@@ -4,8 +4,10 @@ The project's headline benchmark. Each method tunes an MLP ``d-width-classes`` (
 weight decay on every tensor) with an Optuna study, and every method gets, for every seed,
 
 - the same train / validation / test split (``load_dataset(..., seed=seed)``),
-- the same wall-clock budget (``--budget-s``, a ``study.optimize`` timeout; a method that
-  re-trains its pick at the end stops starting trials early enough to pay for it),
+- the same wall-clock budget (``--budget-s``): a trial still training when it runs out stops
+  after its current hyper step and reports its kept state, and no trial starts after it; a
+  method that re-trains its pick at the end moves that deadline forward by what the
+  re-training of its best trial so far will take,
 - the same step budget per trial (``--weight-steps`` weight steps at most), and
 - the same trial recipe around the training: an evaluation every ``--eval-every`` hyper
   steps on the method's *selection data*, early stopping (``--patience`` evaluations) and
@@ -52,6 +54,10 @@ Methods (``--methods``; the default runs the first eight):
                    (``--heldout-share``): one part for the hypergradient, the other, which the
                    learned decays never saw, for selection (value, early stopping, keep-best);
                    the pick re-trained on all of train + validation.
+``hybrid-global``  ``hybrid`` on the split as given, and no re-training: the pick's own model,
+                   its decays as learned, is the result.
+``hybrid-global-share`` ``hybrid`` without the re-training: the pick's own model, trained on the
+                   re-split's smaller training part.
 
 The methods of one seed run one after another in this process, in an order rotated from seed
 to seed (``--order``), so a machine shared with other jobs does not favour one method
@@ -93,6 +99,7 @@ from optuna_ift.hypergrad import NeumannDivergenceWarning
 from optuna_ift.hyperparams import WeightDecay
 from optuna_ift.integration import HybridSampler, record_refined
 from optuna_ift.trainer import (
+    Callback,
     EarlyStopping,
     HyperparameterSchedule,
     HyperTrainer,
@@ -164,6 +171,9 @@ METHODS: dict[str, Method] = {
                                  val_share=True),
     "hybrid-heldout-refit": Method("hybrid", samples_decay=True, learns_decay=True, refit=True,
                                    val_share=True, heldout=True),
+    "hybrid-global": Method("hybrid", samples_decay=True, learns_decay=True),
+    "hybrid-global-share": Method("hybrid", samples_decay=True, learns_decay=True,
+                                  val_share=True),
 }
 DEFAULT_METHODS = ("tpe", "random", "hybrid", "hybrid-plain", "tpe-share-refit", "hybrid-refit",
                    "lamarck", "hybrid-heldout")
@@ -276,10 +286,23 @@ def build_model(data: Data, width: int, decay: float, mode: str, seed: int) -> M
 # -- one trial ---------------------------------------------------------------------------------
 
 
+class Deadline(Callback):
+    """Stops training after the hyper step at which ``perf_counter()`` passes ``at[0]`` (a
+    one-element list, so the study can move it while it runs)."""
+
+    def __init__(self, at: list[float]) -> None:
+        self.at = at
+
+    def on_hyper_step(self, trainer: HyperTrainer, record: dict[str, float]) -> None:
+        if time.perf_counter() >= self.at[0]:
+            trainer.stop()
+
+
 def make_objective(method: Method, data: Data, args: argparse.Namespace, seed: int,
-                   kept: dict[int, dict[str, Any]]):
+                   kept: dict[int, dict[str, Any]], deadline: list[float] | None = None):
     """The study's objective for ``method``; ``kept[trial.number]`` receives what a re-training
-    needs (params, learned decay state, weight steps of the kept state)."""
+    needs (params, learned decay state, weight steps of the kept state). A trial still training
+    at ``deadline[0]`` (``perf_counter`` seconds) stops there and reports its kept state."""
     hyper_steps = max(args.weight_steps // args.inner_steps, 1)
     eval_every = min(args.eval_every, hyper_steps)
     if method.heldout:
@@ -300,6 +323,8 @@ def make_objective(method: Method, data: Data, args: argparse.Namespace, seed: i
         callbacks: list[Any] = [keep] + ([schedule] if schedule else [])
         if args.patience > 0:
             callbacks.append(EarlyStopping(f"{selection_name}_loss", patience=args.patience))
+        if deadline is not None:
+            callbacks.append(Deadline(deadline))
         trainer = HyperTrainer(
             model, train_loss=train_loss, val_loss=ce_loss,
             train_data=(data.x_train, data.y_train), val_data=fit_val,
@@ -322,6 +347,7 @@ def make_objective(method: Method, data: Data, args: argparse.Namespace, seed: i
         value = keep.best_record.get(f"{selection_name}_loss", math.inf)
         weight_steps = int(keep.best_record.get("weight_step", trainer.weight_step))
         trial.set_user_attr("weight_steps", weight_steps)
+        trial.set_user_attr("trained_weight_steps", trainer.weight_step)
         trial.set_user_attr("selection_accuracy", keep.best_record.get(
             f"{selection_name}_metric", float("nan")))
         if method.learns_decay:
@@ -395,9 +421,11 @@ def run_method(name: str, data: Data, args: argparse.Namespace, seed: int) -> di
     if method.val_share:
         data = resplit(data, args.val_share, seed)
     kept: dict[int, dict[str, Any]] = {}
-    objective = make_objective(method, data, args, seed, kept)
+    deadline = [math.inf]
+    objective = make_objective(method, data, args, seed, kept, deadline)
     study = optuna.create_study(sampler=make_sampler(method, args, seed))
     start = time.perf_counter()
+    deadline[0] = start + args.budget_s
     durations: list[float] = []
     ends: list[float] = []
     curve: list[dict[str, Any]] = []
@@ -415,9 +443,14 @@ def run_method(name: str, data: Data, args: argparse.Namespace, seed: int) -> di
         best_so_far = {p["trial"] for p in curve}
         for number in [k for k in kept if k not in best_so_far]:
             del kept[number]  # what re-training needs is kept for the best-so-far trials only
-        # A re-training method keeps back about one trial's time for it.
-        reserve = statistics.fmean(durations) if method.refit else 0.0
-        if now - start + reserve >= args.budget_s:
+        if method.refit and best is not None:
+            # A re-training method keeps back the time its pick's re-training will take: at
+            # most what the trial took for the weight steps of its kept state.
+            took = durations[best.number] if best.number < len(durations) else durations[-1]
+            share = best.user_attrs["weight_steps"] / max(
+                best.user_attrs["trained_weight_steps"], 1)
+            deadline[0] = start + args.budget_s - took * min(share, 1.0)
+        if now >= deadline[0]:
             study.stop()
         if args.max_trials and len(study.trials) >= args.max_trials:
             study.stop()

@@ -72,7 +72,7 @@ def test_json_keys_and_one_entry_per_seed(bench, timed):
     assert out["methods"]["tpe"]["test_accuracy"] == params["tpe"]["test_accuracy"]
 
 
-def test_every_method_gets_the_same_budget(timed):
+def test_every_method_gets_the_same_budget(bench, timed):
     _, written = timed
     for name, r in written["methods"].items():
         for run in r["runs"]:
@@ -81,6 +81,11 @@ def test_every_method_gets_the_same_budget(timed):
             assert run["elapsed_s"] <= BUDGET_S + run["max_trial_s"] + TOLERANCE_S, name
             assert run["elapsed_s"] >= BUDGET_S - run["max_trial_s"] - TOLERANCE_S, name
             assert run["trials"] >= 1 and run["complete"] >= 1
+            # A trial still training at the deadline stops after its hyper step: none ends
+            # after the budget, and a method that does not re-train ends with its last trial.
+            assert run["trial_end_s"][-1] <= BUDGET_S + TOLERANCE_S, name
+            if not bench.METHODS[name].refit:
+                assert run["elapsed_s"] <= BUDGET_S + TOLERANCE_S, name
         assert max(r["elapsed_s"]) - min(r["elapsed_s"]) < 2 * TOLERANCE_S + max(
             run["max_trial_s"] for run in r["runs"])
     per_trial = {run["selected_user_attrs"]["weight_steps"]
@@ -207,3 +212,19 @@ def test_bad_arguments_are_refused(bench):
 
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_a_trial_still_training_at_the_deadline_stops_there(bench):
+    """A trial that would train far past the budget stops after the hyper step at which the
+    budget runs out, and reports the state it kept."""
+    args = bench.parse_args(["--dataset", "digits", "--seeds", "1", "--budget-s", "1.0",
+                             "--weight-steps", "1000000", "--patience", "0", "--quiet"])
+    data = bench.load_data(args, 0)
+    bench.warm_up(data, args)  # the first steps of a process are slow
+    for name in ("tpe", "hybrid-global"):
+        r = bench.run_method(name, data, args, 0)
+        assert r["trials"] == r["complete"] == 1, name
+        assert r["elapsed_s"] <= args.budget_s + TOLERANCE_S, name
+        attrs = r["selected_user_attrs"]
+        assert 0 < attrs["weight_steps"] <= attrs["trained_weight_steps"] < 1_000_000, name
+        assert 0.5 < r["test_accuracy"] <= 1.0, name
