@@ -29,35 +29,35 @@ Methods (``--methods``; the default runs the first eight):
                    weight* starts from; inside each trial implicit hypergradients tune the
                    per-weight decays on the validation loss. Train + validation is re-split with
                    ``--val-share`` of validation (the paper's Section 5.6: more validation data
-                   when the hyperparameters are many), and the pick is re-trained on all of it
-                   for as many weight steps as its kept state had, its decays replayed as the
-                   trial learned them (after hyper step k, the decays the trial had after it).
+                   when the hyperparameters are many). The pick's own model, its decays as
+                   learned, is the result: no re-training.
+``tpe-share``      ``tpe`` on ``hybrid``'s re-split: the control that tells what IFT adds.
+``hybrid-given``   ``hybrid`` on the split as given.
+``hybrid-refit``   ``hybrid``, its pick re-trained on all of train + validation for as many
+                   weight steps as its kept state had, its decays replayed as the trial learned
+                   them (after hyper step k, the decays the trial had after it).
+``tpe-share-refit`` ``tpe-share``, its pick re-trained on all of it: ``hybrid-refit``'s control.
 ``hybrid-plain``   No recipe: per-weight decays from ``--init-decay``, TPE over the learning rate
                    and the width, the split as given, no re-training.
-``tpe-share-refit`` ``tpe`` on ``hybrid``'s re-split, its pick re-trained on all of it: the
-                   control that tells the recipe's split and re-training from what IFT adds.
-``hybrid-refit``   ``hybrid-plain``, its pick re-trained on train + validation.
 ``lamarck``        ``hybrid-plain``, but TPE also samples the initial (global) decay and learns
                    from the geometric mean of the learned decays (``record_refined``).
 ``hybrid-heldout`` ``hybrid-plain``, but a slice of the validation data (``--heldout-share``) is
                    held out from the hypergradient and is the selection data: the trial's value,
                    early stopping and keep-best read it.
 ``tpe-refit``      ``tpe``, its pick re-trained on train + validation (the given split).
-``hybrid-global-refit`` ``hybrid`` on the split as given.
-``hybrid-share-refit`` ``hybrid`` without the sampled global decay (from ``--init-decay``).
-``hybrid-final-refit`` ``hybrid``, but the re-training fixes the final learned decays from its
-                   first step instead of replaying their schedule.
-``hybrid-layer``   ``hybrid`` with a decay per weight tensor (``mode="per_layer"``) instead of
-                   per weight: few hyperparameters, so little to overfit on validation.
-``hybrid-one``     ``hybrid`` with one global decay refined by hypergradient from TPE's sample.
-``hybrid-heldout-refit`` ``hybrid`` whose re-split validation data is halved again
+``hybrid-plain-refit`` ``hybrid-plain``, its pick re-trained on train + validation.
+``hybrid-given-refit`` ``hybrid-refit`` on the split as given.
+``hybrid-plain-share-refit`` ``hybrid-refit`` without the sampled global decay (from
+                   ``--init-decay``).
+``hybrid-final-refit`` ``hybrid-refit``, but the re-training fixes the final learned decays from
+                   its first step instead of replaying their schedule.
+``hybrid-layer``   ``hybrid-refit`` with a decay per weight tensor (``mode="per_layer"``) instead
+                   of per weight: few hyperparameters, so little to overfit on validation.
+``hybrid-one``     ``hybrid-refit`` with one global decay refined by hypergradient from TPE's
+                   sample.
+``hybrid-heldout-refit`` ``hybrid-refit`` whose re-split validation data is halved again
                    (``--heldout-share``): one part for the hypergradient, the other, which the
-                   learned decays never saw, for selection (value, early stopping, keep-best);
-                   the pick re-trained on all of train + validation.
-``hybrid-global``  ``hybrid`` on the split as given, and no re-training: the pick's own model,
-                   its decays as learned, is the result.
-``hybrid-global-share`` ``hybrid`` without the re-training: the pick's own model, trained on the
-                   re-split's smaller training part.
+                   learned decays never saw, for selection (value, early stopping, keep-best).
 
 The methods of one seed run one after another in this process, in an order rotated from seed
 to seed (``--order``), so a machine shared with other jobs does not favour one method
@@ -118,7 +118,7 @@ class Method:
         samples_decay: Optuna samples a global decay (fixed, or the learned decays' start).
         learns_decay: A decay per weight is tuned by hypergradient inside the trial.
         lamarck: The trial records the learned decays' geometric mean with ``record_refined``.
-        refit: The pick is re-trained on train + validation with its decays fixed.
+        refit: The pick is re-trained on train + validation (weights-only).
         heldout: A share of the validation data is held out from the hypergradient and is the
             selection data (value, early stopping, keep-best).
         val_share: The method re-splits train + validation with this share of validation
@@ -151,32 +151,31 @@ class Method:
 METHODS: dict[str, Method] = {
     "tpe": Method("tpe", samples_decay=True, learns_decay=False),
     "random": Method("random", samples_decay=True, learns_decay=False),
-    "tpe-refit": Method("tpe", samples_decay=True, learns_decay=False, refit=True),
+    "hybrid": Method("hybrid", samples_decay=True, learns_decay=True, val_share=True),
+    "tpe-share": Method("tpe", samples_decay=True, learns_decay=False, val_share=True),
+    "hybrid-given": Method("hybrid", samples_decay=True, learns_decay=True),
+    "hybrid-refit": Method("hybrid", samples_decay=True, learns_decay=True, refit=True,
+                           val_share=True),
     "tpe-share-refit": Method("tpe", samples_decay=True, learns_decay=False, refit=True,
                               val_share=True),
-    "hybrid": Method("hybrid", samples_decay=True, learns_decay=True, refit=True,
-                     val_share=True),
     "hybrid-plain": Method("hybrid", samples_decay=False, learns_decay=True),
+    "lamarck": Method("hybrid", samples_decay=True, learns_decay=True, lamarck=True),
+    "hybrid-heldout": Method("hybrid", samples_decay=False, learns_decay=True, heldout=True),
+    "tpe-refit": Method("tpe", samples_decay=True, learns_decay=False, refit=True),
+    "hybrid-plain-refit": Method("hybrid", samples_decay=False, learns_decay=True, refit=True),
+    "hybrid-given-refit": Method("hybrid", samples_decay=True, learns_decay=True, refit=True),
+    "hybrid-plain-share-refit": Method("hybrid", samples_decay=False, learns_decay=True,
+                                       refit=True, val_share=True),
     "hybrid-final-refit": Method("hybrid", samples_decay=True, learns_decay=True, refit=True,
                                  val_share=True, final_decays=True),
     "hybrid-layer": Method("hybrid", samples_decay=True, learns_decay=True, refit=True,
                            val_share=True, decay_mode="per_layer"),
     "hybrid-one": Method("hybrid", samples_decay=True, learns_decay=True, refit=True,
                          val_share=True, decay_mode="global"),
-    "lamarck": Method("hybrid", samples_decay=True, learns_decay=True, lamarck=True),
-    "hybrid-refit": Method("hybrid", samples_decay=False, learns_decay=True, refit=True),
-    "hybrid-heldout": Method("hybrid", samples_decay=False, learns_decay=True, heldout=True),
-    "hybrid-global-refit": Method("hybrid", samples_decay=True, learns_decay=True, refit=True),
-    "hybrid-share-refit": Method("hybrid", samples_decay=False, learns_decay=True, refit=True,
-                                 val_share=True),
     "hybrid-heldout-refit": Method("hybrid", samples_decay=True, learns_decay=True, refit=True,
                                    val_share=True, heldout=True),
-    "hybrid-global": Method("hybrid", samples_decay=True, learns_decay=True),
-    "hybrid-global-share": Method("hybrid", samples_decay=True, learns_decay=True,
-                                  val_share=True),
 }
-DEFAULT_METHODS = ("tpe", "random", "hybrid", "hybrid-plain", "tpe-share-refit", "hybrid-refit",
-                   "lamarck", "hybrid-heldout")
+DEFAULT_METHODS = tuple(list(METHODS)[:8])
 
 #: Default (train, validation, test) sizes; ``None`` is the loader's default (digits: 64/16/20
 #: per cent of 1797 images; the torchvision sets: their whole official test set).
@@ -674,7 +673,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="validation share of the training pool, when --val-size is not given")
     p.add_argument("--test-size", type=int, default=None,
                    help="test examples (default: digits 20%%, others the whole test set)")
-    p.add_argument("--weight-steps", type=int, default=400,
+    p.add_argument("--weight-steps", type=int, default=2000,
                    help="weight steps per trial at most, every method")
     p.add_argument("--max-trials", type=int, default=0,
                    help="also stop a study after this many trials (0: the budget alone)")
@@ -689,11 +688,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hyper-lr", type=float, default=3e-2,
                    help="RMSprop learning rate of the log decays")
     p.add_argument("--init-decay", type=float, default=1e-4,
-                   help="initial per-weight decay of hybrid, hybrid-refit, hybrid-heldout")
+                   help="initial per-weight decay of the hybrid-plain* methods and hybrid-heldout")
     p.add_argument("--heldout-share", type=float, default=0.5,
-                   help="share of the validation data that hybrid-heldout holds out")
+                   help="share of the validation data that the *heldout* methods hold out")
     p.add_argument("--val-share", type=float, default=0.5,
-                   help="validation share of train + validation for the *-share-* methods")
+                   help="validation share of train + validation for hybrid, hybrid-refit and the "
+                   "*share* methods")
     p.add_argument("--startup", type=int, default=5, help="TPE's random trials")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")

@@ -90,6 +90,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text}")
+    return value
+
+
 def _device(text: str) -> str:
     """A device the trainer can use: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ...
     Refused here, before any data is read, if PyTorch does not know it or the machine lacks it."""
@@ -247,7 +257,8 @@ def _demo(args: argparse.Namespace) -> None:
     demo(n_trials=args.n_trials, out=args.out, storage=args.storage,
          hyper_steps=args.hyper_steps, seed=args.seed, device=args.device,
          show_progress=not args.no_progress, timeout=args.timeout,
-         baseline=not args.no_baseline)
+         baseline=not args.no_baseline, warm_start=args.warm_start,
+         val_fraction=args.val_fraction)
 
 
 def _launch_group(args: argparse.Namespace) -> None:
@@ -307,7 +318,7 @@ _LSTM_OVERFIT_OPTIONS = ("hidden_size", "num_layers", "seq_len", "inner_steps",
 
 
 def _lstm(args: argparse.Namespace) -> None:
-    from optuna_ift.experiments import LSTM_METHODS, lstm, lstm_overfit
+    from optuna_ift.experiments import lstm, lstm_overfit
 
     common = dict(data_root=args.data_root, seed=args.seed, device=args.device,
                   show_progress=not args.no_progress)
@@ -417,7 +428,8 @@ def _add_lstm_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> N
                    help="the paper's model and optimizer: 650 units, sequence length 70, batch "
                    "40, SGD lr 30, clipping 0.25, Adam 1e-3 for hyperparameters, all of "
                    "train.txt (a GPU job); other flags override single values")
-    p.add_argument("--methods", nargs="+", choices=LSTM_METHODS, default=None, help=f"methods to run (default: {default('methods')})")
+    p.add_argument("--methods", nargs="+", choices=LSTM_METHODS, default=None,
+                   help=f"methods to run (default: {default('methods')})")
     for flag, kind, text in (
             ("--hidden-size", _positive_int, "LSTM units per layer"),
             ("--num-layers", _positive_int, "LSTM layers"),
@@ -468,9 +480,10 @@ def build_parser() -> CommandParser:
     p = commands.add_parser(
         "demo", parents=parents,
         help="the main job: a hybrid Optuna study on digits, IFT tuning a decay per weight",
-        description="TPE (through HybridSampler) tunes the learning rate, width and inner steps; "
-        "inside each trial implicit hypergradients tune one weight decay per weight. Writes the "
-        "study (journal file), artifacts, results.json and figures into --out.",
+        description="TPE (through HybridSampler) tunes the learning rate, width, inner steps and "
+        "the decay that every weight's own decay starts from; inside each trial implicit "
+        "hypergradients tune one weight decay per weight. Writes the study (journal file), "
+        "artifacts, results.json and figures into --out.",
     )
     p.add_argument("--n-trials", type=_positive_int, default=40,
                    help="trials to add to the study (default: %(default)s)")
@@ -490,6 +503,12 @@ def build_parser() -> CommandParser:
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the weights-only TPE run (as long as the hybrid trials took) "
                    "whose best trial's test accuracy is shown beside the hybrid's")
+    p.add_argument("--warm-start", action="store_true",
+                   help="start a trial's decays from the best finished trial of the same width "
+                   "instead of the sampled decay")
+    p.add_argument("--val-fraction", type=_fraction, default=0.5,
+                   help="share of train + validation the hybrid study validates on; the "
+                   "baseline keeps the loader's 0.2 (default: %(default)s)")
     p.set_defaults(run=_demo)
 
     p = commands.add_parser(

@@ -59,6 +59,7 @@ BAD_COMMAND_LINES = [
     (["demo", "--n-trials", "0"], "argument --n-trials: must be an integer >= 1"),
     (["demo", "--hyper-steps", "-1"], "argument --hyper-steps"),
     (["demo", "--seed", "-1"], "argument --seed: must be an integer >= 0"),
+    (["demo", "--val-fraction", "1"], "argument --val-fraction: must be a number in (0, 1)"),
     (["demo", "--storage", "foo://bar"], "storage 'foo://bar' names the unknown database"),
     (["demo", "--storage", f"postgresql://user:{SECRET}@host:port/db"], "storage"),
     (["demo", "--storage", "://nowhere"], "storage '://nowhere' is not a database URL"),

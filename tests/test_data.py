@@ -307,6 +307,24 @@ def test_to_moves_every_tensor_and_returns_a_copy():
         data.name = "other"  # type: ignore[misc]
 
 
+def test_resplit_moves_only_train_and_validation():
+    data = load_dataset("digits", seed=2)
+    half = data.resplit(0.5, seed=2)
+    assert torch.equal(half.X_test, data.X_test) and torch.equal(half.y_test, data.y_test)
+    n = len(data.y_train) + len(data.y_val)
+    assert len(half.y_val) == round(0.5 * n) and len(half.y_train) == n - len(half.y_val)
+
+    def rows(x, y):
+        return sorted(zip(map(tuple, x.flatten(1).tolist()), y.tolist()))
+
+    assert rows(torch.cat([half.X_train, half.X_val]), torch.cat([half.y_train, half.y_val])) \
+        == rows(torch.cat([data.X_train, data.X_val]), torch.cat([data.y_train, data.y_val]))
+    again = data.resplit(0.5, seed=2)
+    assert torch.equal(again.X_val, half.X_val)  # the seed fixes it
+    assert not torch.equal(data.resplit(0.5, seed=3).y_val, half.y_val)
+    assert len(data.resplit(0.999).y_train) == 1 and len(data.resplit(1e-9).y_val) == 1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_device_argument_puts_data_on_cuda():
     data = load_dataset("digits", device="cuda")

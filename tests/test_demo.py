@@ -25,11 +25,11 @@ def test_hybrid_study_on_digits_with_pruner_artifacts_and_warm_start(tmp_path):
         sampler=HybridSampler(optuna.samplers.TPESampler(seed=0, n_startup_trials=3)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
     objective = make_objective(data=data, artifact_store=store, hyper_steps=6, eval_every=2,
-                               checkpoint_every=2, neumann_steps=2)
+                               checkpoint_every=2, neumann_steps=2, warm_start=True)
     study.optimize(objective, n_trials=8)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) >= 2
-    assert {"lr", "width", "inner_steps"} == set(study.best_params)
+    assert {"lr", "width", "inner_steps", "decay"} == set(study.best_params)
     for trial in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):
         tensors = load_learned(study, trial.number, store)  # artifacts round-trip
         assert {k: list(v.shape) for k, v in tensors.items()} == trial.user_attrs["ift:shapes"]
@@ -42,6 +42,29 @@ def test_hybrid_study_on_digits_with_pruner_artifacts_and_warm_start(tmp_path):
         source = study.trials[trial.user_attrs[ATTR_WARM_START]]
         assert source.params["width"] == trial.params["width"]
         assert source.state == TrialState.COMPLETE and source.number < trial.number
+
+
+@pytest.mark.parametrize("init_decay", [None, 1e-3])
+def test_the_per_weight_decays_start_from_the_sampled_decay(tmp_path, init_decay):
+    """The recipe: Optuna samples the decay every weight's own decay starts from (with a fixed
+    ``init_decay``, ``decay`` leaves the search space); nothing is warm-started by default."""
+    data = load_dataset("digits", n_train=200, n_val=100, n_test=100, seed=0)
+    store = FileSystemArtifactStore(str(tmp_path))
+    study = optuna.create_study(sampler=HybridSampler(optuna.samplers.RandomSampler(seed=0)))
+    fixed = {"lr": 1e-2, "width": 32, "inner_steps": 2}
+    study.enqueue_trial({**fixed, "decay": 3e-2} if init_decay is None else fixed)
+    study.enqueue_trial({**fixed, "decay": 1e-5} if init_decay is None else fixed)
+    objective = make_objective(data=data, artifact_store=store, hyper_steps=2, eval_every=1,
+                               checkpoint_every=None, hyper_lr=0.0, init_decay=init_decay)
+    study.optimize(objective, n_trials=2)
+    for trial in study.trials:
+        assert trial.state == TrialState.COMPLETE
+        assert ("decay" in trial.params) == (init_decay is None)
+        assert trial.user_attrs.get(ATTR_WARM_START) is None
+        start = trial.params.get("decay", init_decay)
+        for log_decay in load_learned(study, trial.number, store).values():
+            assert torch.allclose(log_decay.double().exp(),
+                                  torch.full(log_decay.shape, start, dtype=torch.float64))
 
 
 def test_demo_writes_results_and_figures(tmp_path, capsys):

@@ -1,13 +1,14 @@
 """The demo: a hybrid Optuna study on scikit-learn's digits (embedded, nothing downloads).
 
 Optuna's sampler (TPE, wrapped in :class:`~optuna_ift.integration.HybridSampler`) tunes the
-three low-dimensional hyperparameters of a one-hidden-layer MLP: the learning rate of its
-weights, its width and the number of weight steps between hyper steps (the paper's N).
-Inside each trial, :class:`~optuna_ift.HyperTrainer` tunes one weight decay *per weight*
-(thousands of hyperparameters) by implicit hypergradients on the validation loss. Each trial
-reports its validation loss to a ``MedianPruner``, checkpoints its trainer and saves its
-learned decays as Optuna artifacts under ``out/artifacts``, and starts its decays from the
-best finished trial of the same width (warm start).
+low-dimensional hyperparameters of a one-hidden-layer MLP: the learning rate of its weights,
+its width, the number of weight steps between hyper steps (the paper's N) and the global weight
+decay that every weight's own decay starts from. Inside each trial,
+:class:`~optuna_ift.HyperTrainer` tunes one weight decay *per weight* (thousands of
+hyperparameters) by implicit hypergradients on the validation loss. Each trial reports its
+validation loss to a ``MedianPruner``, checkpoints its trainer and saves its learned decays as
+Optuna artifacts under ``out/artifacts``; with ``warm_start`` its decays start from the best
+finished trial of the same width instead.
 
 :func:`make_objective` builds that objective; :func:`demo` runs a study with it and writes
 the results and figures; :func:`run_worker` joins a shared study with the same objective
@@ -35,6 +36,7 @@ from optuna.trial import TrialState
 
 from optuna_ift._validation import check_int as _check_int
 from optuna_ift._validation import check_positive as _check_positive
+from optuna_ift._validation import check_real as _check_real
 from optuna_ift.data import ClassificationData, load_dataset
 from optuna_ift.experiments._common import count_warnings, write_results
 from optuna_ift.experiments._models import (
@@ -64,12 +66,23 @@ from optuna_ift.trainer import (
     resolve_device,
 )
 
-__all__ = ["ATTR_HOST", "ATTR_PID", "demo", "make_objective", "retry_trials_of_dead_processes",
-           "run_worker"]
+__all__ = ["ATTR_HOST", "ATTR_PID", "VAL_FRACTION", "demo", "hybrid_data", "make_objective",
+           "retry_trials_of_dead_processes", "run_worker"]
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_STUDY_NAME = "optuna-ift-demo"
+
+#: The validation share of train + validation in the hybrid study: with thousands of decays
+#: fitted on it, the validation set gets as many images as the training set (the recipe of
+#: ``benchmarks/bench_hybrid.py``; the weights-only baseline keeps the loader's split).
+VAL_FRACTION = 0.5
+
+
+def hybrid_data(seed: int, val_fraction: float = VAL_FRACTION) -> ClassificationData:
+    """The digits split of ``seed`` with its train + validation re-split, ``val_fraction``
+    of it for validation (the test set is the loader's)."""
+    return load_dataset("digits", seed=seed).resplit(val_fraction, seed)
 
 
 def make_objective(
@@ -82,24 +95,31 @@ def make_objective(
     neumann_steps: int = 3,
     solver: Solver | None = None,
     hyper_lr: float = 0.1,
-    init_decay: float = 1e-3,
+    init_decay: float | None = None,
     batch_size: int = 256,
-    warm_start: bool = True,
+    warm_start: bool = False,
     seed: int = 0,
     device: str | torch.device = "auto",
     step_seconds: float = 0.0,
     learn_decays: bool = True,
 ) -> Callable[[optuna.Trial], float]:
-    """The demo's objective: sample lr, width, inner steps; IFT tunes a decay per weight.
+    """The demo's objective: sample lr, width, inner steps and a decay; IFT tunes a decay per
+    weight from there.
 
     Search space: ``lr`` (Adam on the weights, log-uniform in [1e-3, 3e-2]), ``width``
-    (hidden units, 32 to 128 by 32), ``inner_steps`` (weight steps per hyper step, 2 to 10).
-    The log-decays get Adam with ``hyper_lr``; hypergradients use
+    (hidden units, 32 to 128 by 32), ``inner_steps`` (weight steps per hyper step, 2 to 10)
+    and ``decay`` (log-uniform in [1e-6, 1e-1]), the decay every weight's own decay starts
+    from. The log-decays get Adam with ``hyper_lr``; hypergradients use
     ``Neumann(neumann_steps, alpha="auto")``. The value is the final validation loss.
 
-    With ``learn_decays=False`` it is the weights-only baseline the demo compares with: Optuna
-    also samples one global ``decay`` (log-uniform in [1e-6, 1e-1]), every weight keeps it
-    (``hyper_optimizer=None``), and nothing is warm-started.
+    This is the recipe the hybrid benchmark (``benchmarks/bench_hybrid.py``) found to pay on
+    test accuracy: Optuna samples the level of the decays, IFT shapes them per weight inside
+    the trial, and the trial's own model is the result. Per-weight decays started from a fixed
+    value instead did worse there.
+
+    With ``learn_decays=False`` it is the weights-only baseline the demo compares with: the
+    same search space, every weight keeps the sampled ``decay`` (``hyper_optimizer=None``), and
+    nothing is warm-started.
 
     Args:
         data: The data (train for the weights, val for the decays and the objective; test is
@@ -113,9 +133,11 @@ def make_objective(
             ``Neumann(neumann_steps, alpha="auto")`` (a stateful one gets a fresh state per
             trial).
         hyper_lr: Adam learning rate of the natural-log decays.
-        init_decay: Initial decay of every weight (when not warm-started).
+        init_decay: A fixed initial decay of every weight instead of the sampled ``decay``
+            (``None``: sampled; a float takes ``decay`` out of the search space).
         batch_size: Training and validation mini-batch size.
-        warm_start: Start the decays from the best finished trial of the same width.
+        warm_start: Start the decays from the best finished trial of the same width (the
+            sampled ``decay`` is then the start of a trial with no such trial before it).
         seed: Base seed; trial ``k`` initialises and batches with ``seed + k``.
         device: ``"auto"`` (CUDA when present) or a ``torch.device``.
         step_seconds: Sleep this long after each hyper step (only to make trials slow enough
@@ -133,8 +155,8 @@ def make_objective(
         lr = trial.suggest_float("lr", 1e-3, 3e-2, log=True)
         width = trial.suggest_int("width", 32, 128, step=32)
         inner_steps = trial.suggest_int("inner_steps", 2, 10)
-        decay = (init_decay if learn_decays
-                 else trial.suggest_float("decay", 1e-6, 1e-1, log=True))
+        decay = (trial.suggest_float("decay", 1e-6, 1e-1, log=True)
+                 if init_decay is None or not learn_decays else init_decay)
         trial_seed = seed + trial.number
         with torch.random.fork_rng(devices=[]):  # seeded init, global state untouched
             torch.manual_seed(trial_seed)
@@ -281,7 +303,7 @@ def _format_table(rows: list[dict[str, Any]]) -> str:
                ("val_accuracy", "val acc", "{:.1%}"), ("test_accuracy", "test acc", "{:.1%}"),
                ("lr", "lr", "{:.2e}"), ("width", "width", "{:d}"),
                ("inner_steps", "inner", "{:d}"), ("num_decays", "decays", "{:,d}"),
-               ("mean_decay", "mean decay", "{:.2e}"),
+               ("decay", "from decay", "{:.2e}"), ("mean_decay", "mean decay", "{:.2e}"),
                ("warm_started_from", "warm from", "{:d}")]
 
     def cell(row: dict[str, Any], key: str, fmt: str) -> str:
@@ -320,6 +342,8 @@ def demo(
     top: int = 5,
     step_seconds: float = 0.0,
     baseline: bool = True,
+    warm_start: bool = False,
+    val_fraction: float = VAL_FRACTION,
 ) -> dict[str, Any]:
     """Run the demo study and write ``results.json`` and figures to ``out``.
 
@@ -350,6 +374,10 @@ def demo(
             study of its own, in memory, for as long as the hybrid study's trials took in all,
             and compare the test accuracy of the two best trials (each picked by its
             validation loss): what the decays learned by IFT bought on this split.
+        warm_start: Start a trial's decays from the best finished trial of the same width
+            (an artifact) instead of the sampled ``decay``, where there is one.
+        val_fraction: Share of train + validation that the hybrid study validates on (the
+            digits' training pool re-split; the baseline keeps the loader's 80/20).
 
     Returns:
         The results (also in ``out/results.json``): trial states, the best trials, the
@@ -364,7 +392,9 @@ def demo(
     _check_int("top", top, 1)
     if timeout is not None:
         _check_positive("timeout", timeout)
-    for name, flag in (("show_progress", show_progress), ("baseline", baseline)):
+    _check_real("val_fraction", val_fraction, low=0, high=1, low_open=True, high_open=True)
+    for name, flag in (("show_progress", show_progress), ("baseline", baseline),
+                       ("warm_start", warm_start)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     resolve_device(device)  # refused before the study is created or any data is read
@@ -377,7 +407,8 @@ def demo(
     _check_positive("step_seconds", step_seconds, allow_zero=True)
     storage_obj, storage_str = _open_storage(storage, out, heartbeat_interval=5,
                                              grace_period=20, max_retry=3)
-    data = load_dataset("digits", seed=seed)
+    given = load_dataset("digits", seed=seed)
+    data = hybrid_data(seed, val_fraction)
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar replaces per-trial logs
@@ -395,7 +426,8 @@ def demo(
         _logger.info("demo: trials %s were left running by a killed process; retrying them",
                      recovered)
     objective = make_objective(data=data, artifact_store=store, hyper_steps=hyper_steps,
-                               seed=seed + before, device=device, step_seconds=step_seconds)
+                               seed=seed + before, device=device, step_seconds=step_seconds,
+                               warm_start=warm_start)
     try:
         with count_warnings(NeumannDivergenceWarning) as cut:
             study.optimize(objective, n_trials=n_trials, timeout=timeout,
@@ -408,7 +440,7 @@ def demo(
     weights_only = None
     if baseline:
         weights_only = _weights_only_baseline(
-            data, out / "weights-only", seconds=_trial_seconds(study), hyper_steps=hyper_steps,
+            given, out / "weights-only", seconds=_trial_seconds(study), hyper_steps=hyper_steps,
             seed=seed, device=device, show_progress=show_progress)
     dashboard = _dashboard_command(storage_str, artifacts)
     results: dict[str, Any] = {
@@ -534,6 +566,7 @@ def run_worker(
     step_seconds: float = 0.0,
     pruner: optuna.pruners.BasePruner | None = None,
     data_seed: int = 0,
+    val_fraction: float = VAL_FRACTION,
 ) -> dict[str, Any]:
     """Join (or create) a shared study and run the demo objective in it.
 
@@ -575,6 +608,8 @@ def run_worker(
         pruner: The study's pruner when this worker creates it; ``None``: the demo's
             ``MedianPruner``. Use ``optuna.pruners.NopPruner()`` to count complete trials.
         data_seed: Seed of the digits split; the same for all workers.
+        val_fraction: Share of train + validation for validation, as in :func:`demo`; the
+            same for all workers.
 
     Returns:
         ``{"study_name", "rank", "trials_run", "states", "artifacts", "neumann_cutoffs"}``:
@@ -584,6 +619,7 @@ def run_worker(
         (counted; the ``NeumannDivergenceWarning`` of each is not shown).
     """
     _check_int("n_trials", n_trials, 1)
+    _check_real("val_fraction", val_fraction, low=0, high=1, low_open=True, high_open=True)
     if total_trials is not None:
         _check_int("total_trials", total_trials, 1)
     device, joined = _join_launched_group(device)
@@ -594,7 +630,8 @@ def run_worker(
                        heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                        max_retry=max_retry, total_trials=total_trials,
                        hyper_steps=hyper_steps, checkpoint_every=checkpoint_every,
-                       step_seconds=step_seconds, pruner=pruner, data_seed=data_seed)
+                       step_seconds=step_seconds, pruner=pruner, data_seed=data_seed,
+                       val_fraction=val_fraction)
         finished = True
         return result
     finally:
@@ -631,7 +668,7 @@ def _work(*, storage: Any, study_name: str, n_trials: int, out: Path, seed: int,
           heartbeat_interval: int, grace_period: int | None, max_retry: int | None,
           total_trials: int | None, hyper_steps: int, checkpoint_every: int,
           step_seconds: float, pruner: optuna.pruners.BasePruner | None,
-          data_seed: int) -> dict[str, Any]:
+          data_seed: int, val_fraction: float) -> dict[str, Any]:
     distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
     rank = torch.distributed.get_rank() if distributed else 0
     artifacts = out / "artifacts"
@@ -648,7 +685,7 @@ def _work(*, storage: Any, study_name: str, n_trials: int, out: Path, seed: int,
             load_if_exists=True,
         )
     store = FileSystemArtifactStore(str(artifacts))
-    data = load_dataset("digits", seed=data_seed)
+    data = hybrid_data(data_seed, val_fraction)
     objective = make_objective(data=data, artifact_store=store, hyper_steps=hyper_steps,
                                checkpoint_every=checkpoint_every, seed=seed * 100_003,
                                device=device, step_seconds=step_seconds)
