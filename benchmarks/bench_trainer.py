@@ -296,7 +296,7 @@ def outcome(args, specs: list[str]) -> dict:
                 objective = make_objective(
                     data=data, artifact_store=FileSystemArtifactStore(folder),
                     hyper_steps=60, checkpoint_every=None, solver=solver, seed=seed,
-                    device="cpu")
+                    device="cpu", init_decay=1e-3)  # a fixed start: the configs are fixed
                 study = optuna.create_study()
                 for config in configs:
                     study.enqueue_trial(config)

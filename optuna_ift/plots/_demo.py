@@ -168,8 +168,8 @@ def plot_demo(results: dict[str, Any], out: str | Path) -> list[Path]:
     for ax, draw in zip(axes.flat, (_history, _importances, _decays, _curve)):
         draw(ax, results)
     n = sum(results["states"].values())
-    fig.suptitle(f"optuna-ift demo: TPE tunes learning rate, width and inner steps; IFT tunes "
-                 f"a decay per weight in each trial ({n} trials, {results['dataset']})",
-                 fontsize=11)
+    fig.suptitle(f"optuna-ift demo: TPE tunes learning rate, width, inner steps and a decay; "
+                 f"IFT tunes a decay per weight from it in each trial ({n} trials, "
+                 f"{results['dataset']})", fontsize=11)
     paths.append(save_figure(fig, out / "demo.png"))
     return paths
