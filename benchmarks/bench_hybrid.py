@@ -445,7 +445,7 @@ def run_method(name: str, data: Data, args: argparse.Namespace, seed: int) -> di
         if method.refit and best is not None:
             # A re-training method keeps back the time its pick's re-training will take: at
             # most what the trial took for the weight steps of its kept state.
-            took = durations[best.number] if best.number < len(durations) else durations[-1]
+            took = durations[best.number]  # one entry per finished trial, in number order
             share = best.user_attrs["weight_steps"] / max(
                 best.user_attrs["trained_weight_steps"], 1)
             deadline[0] = start + args.budget_s - took * min(share, 1.0)

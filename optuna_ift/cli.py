@@ -80,22 +80,24 @@ def _nonnegative_int(text: str) -> int:
     return _integer(text, 0)
 
 
-def _positive_float(text: str) -> float:
+def _float(text: str) -> float:
+    """``text`` as a float; NaN when it is not a number (every range check refuses NaN)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = math.nan
+        return math.nan
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
 def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < 1:  # NaN too
+    value = _float(text)
+    if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text}")
     return value
 

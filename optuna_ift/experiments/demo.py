@@ -66,7 +66,7 @@ from optuna_ift.trainer import (
     resolve_device,
 )
 
-__all__ = ["ATTR_HOST", "ATTR_PID", "VAL_FRACTION", "demo", "hybrid_data", "make_objective",
+__all__ = ["ATTR_HOST", "ATTR_PID", "VAL_FRACTION", "demo", "make_objective",
            "retry_trials_of_dead_processes", "run_worker"]
 
 _logger = logging.getLogger(__name__)
@@ -77,12 +77,6 @@ DEFAULT_STUDY_NAME = "optuna-ift-demo"
 #: fitted on it, the validation set gets as many images as the training set (the recipe of
 #: ``benchmarks/bench_hybrid.py``; the weights-only baseline keeps the loader's split).
 VAL_FRACTION = 0.5
-
-
-def hybrid_data(seed: int, val_fraction: float = VAL_FRACTION) -> ClassificationData:
-    """The digits split of ``seed`` with its train + validation re-split, ``val_fraction``
-    of it for validation (the test set is the loader's)."""
-    return load_dataset("digits", seed=seed).resplit(val_fraction, seed)
 
 
 def make_objective(
@@ -408,7 +402,7 @@ def demo(
     storage_obj, storage_str = _open_storage(storage, out, heartbeat_interval=5,
                                              grace_period=20, max_retry=3)
     given = load_dataset("digits", seed=seed)
-    data = hybrid_data(seed, val_fraction)
+    data = given.resplit(val_fraction, seed)  # the test set stays the baseline's
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar replaces per-trial logs
@@ -686,7 +680,7 @@ def _work(*, storage: Any, study_name: str, n_trials: int, out: Path, seed: int,
             load_if_exists=True,
         )
     store = FileSystemArtifactStore(str(artifacts))
-    data = hybrid_data(data_seed, val_fraction)
+    data = load_dataset("digits", seed=data_seed).resplit(val_fraction, data_seed)
     objective = make_objective(data=data, artifact_store=store, hyper_steps=hyper_steps,
                                checkpoint_every=checkpoint_every, seed=seed * 100_003,
                                device=device, step_seconds=step_seconds)
